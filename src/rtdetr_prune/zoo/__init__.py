@@ -73,10 +73,18 @@ def load_model(spec: str | Path | nn.Module, nc: int | None = None, verbose: boo
 
 
 def _from_yaml(cfg: str, nc: int | None, verbose: bool, label: str) -> nn.Module:
-    from ultralytics.nn.tasks import RTDETRDetectionModel
+    from ultralytics.nn.tasks import RTDETRDetectionModel, yaml_model_load
 
     try:
-        model = RTDETRDetectionModel(cfg, nc=nc, verbose=verbose)
+        spec = yaml_model_load(cfg)
+        head = spec["head"][-1][2]
+    except Exception as e:  # noqa: BLE001 - any unreadable config is the user's to fix
+        raise UserError(f"Model config '{label}' is not a readable Ultralytics model YAML ({e}).") from e
+    if head != "RTDETRDecoder":
+        raise UserError(f"'{label}' is not an RT-DETR model (its head is {head}, not RTDETRDecoder). "
+                        "rtdetr-prune prunes RT-DETR detectors only; give an RT-DETR checkpoint or config.")
+    try:
+        model = RTDETRDetectionModel(spec, nc=nc, verbose=verbose)
     except KeyError as e:  # parse_model looks layer names up in its own namespace
         raise UserError(
             f"Model config '{label}' names a layer Ultralytics does not know: {e}. Import the module that defines "
@@ -94,7 +102,9 @@ def _from_checkpoint(path: Path) -> nn.Module:
     if path.stat().st_size == 0:
         raise UserError(f"Checkpoint '{path}' is empty. Re-save or re-download it.")
     try:
-        model, _ = load_checkpoint(str(path.resolve()))
+        # inplace=False keeps activations as saved (Ultralytics' default flips them all to in-place, which
+        # changes SiLU results in the last bit): a reloaded model then reproduces its outputs exactly.
+        model, _ = load_checkpoint(str(path.resolve()), inplace=False)
     except (TypeError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, ModuleNotFoundError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
@@ -114,4 +124,6 @@ def _require_rtdetr(model: nn.Module, label: str) -> nn.Module:
             f"'{label}' is not an RT-DETR model (its head is {kind}, not RTDETRDecoder). "
             "rtdetr-prune prunes RT-DETR detectors only; give an RT-DETR checkpoint or config."
         )
+    if not hasattr(model, "nc"):  # Ultralytics' trainer sets it; its loss reads it
+        model.nc = layers[-1].nc
     return model

@@ -1,0 +1,134 @@
+"""Command line: ``rtdetr-prune <command> ...``. The only module that parses arguments.
+
+Usage:
+    rtdetr-prune check --model rtdetr-r18 [--imgsz 640] [--json]
+    rtdetr-prune prune --model best.pt --data data.yaml --method lamp --speed-up 1.5 [--epochs 0]
+    rtdetr-prune prune --config recipe.yaml --speed-up 2.0      # flags override the recipe
+
+A mistake in the input prints one line (the problem and the fix) and exits with status 2;
+``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from rtdetr_prune.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        _quiet_ultralytics()
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept in the run directory", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show progress logs and full tracebacks")
+    p = argparse.ArgumentParser(prog="rtdetr-prune", description="Prune and finetune Ultralytics RT-DETR detectors.",
+                                parents=[common])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", parents=[common], help="can this model be pruned, and how far?")
+    c.add_argument("--model", required=True, help="zoo name, RT-DETR .yaml, .pt checkpoint or pruned-model dir")
+    c.add_argument("--imgsz", type=int, default=640, help="image side for GFLOPs (pixels, multiple of 32)")
+    c.add_argument("--round-to", type=int, default=8, help="channel unit (default 8)")
+    c.add_argument("--max-layer-ratio", type=float, default=0.8, help="largest share of a layer group to prune")
+    c.add_argument("--json", action="store_true", help="print JSON instead of text")
+    c.set_defaults(func=_cmd_check)
+
+    r = sub.add_parser("prune", parents=[common], help="prune to a target speed-up, then finetune")
+    r.add_argument("--config", help="recipe YAML (a run's recipe.yaml works); flags override it")
+    _add_recipe_flags(r)
+    r.set_defaults(func=_cmd_prune)
+    return p
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per recipe field (``speed_up`` -> ``--speed-up``); defaults None, so only given flags override."""
+    from rtdetr_prune.recipe import Recipe
+
+    for f in dataclasses.fields(Recipe):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(Recipe(), f.name)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"(default: {default})")
+        else:
+            parser.add_argument(flag, type=type(default), default=None, help=f"(default: {default!r})")
+
+
+def _cmd_check(args) -> int:
+    from rtdetr_prune.check import check_model
+    from rtdetr_prune.zoo import load_model
+
+    _check_imgsz(args.imgsz)
+    result = check_model(load_model(args.model), args.imgsz, args.round_to, args.max_layer_ratio)
+    result["model"] = args.model
+    print(json.dumps(result, indent=2) if args.json else format_check(result))
+    return 0
+
+
+def _cmd_prune(args) -> int:
+    from rtdetr_prune.pipeline import prune
+    from rtdetr_prune.recipe import Recipe, load_recipe
+
+    flags = {k: v for k, v in vars(args).items() if k in Recipe.keys() and v is not None}
+    report = prune(load_recipe(args.config, flags))
+    from rtdetr_prune.report import stage_table
+
+    print(stage_table(report))
+    print(f"\nrun directory: {report['run_dir']}")
+    return 0
+
+
+def format_check(r: dict) -> str:
+    """Plain-text rendering of :func:`rtdetr_prune.check.check_model`'s result."""
+    s = r["share"]
+    lines = [
+        f"model: {r.get('model', '?')}   GFLOPs@{r['settings']['imgsz']}: {r['gflops']}",
+        f"prunable: {'yes' if r['prunable'] else 'no'} ({r['groups']} channel groups)",
+        f"GFLOPs share: prunable {s['prunable']:.1%}, protected (decoder) {s['protected']:.1%}, "
+        f"skipped {s['skipped']:.1%}",
+        f"max reachable speed-up: {r['max_speed_up']:.2f}x (round_to={r['settings']['round_to']}, "
+        f"max_layer_ratio={r['settings']['max_layer_ratio']})",
+        "protected:",
+        *[f"  {p['layer']}: {p['reason']}" for p in r["protected"]],
+        f"skipped ({len(r['skipped'])}):",
+        *[f"  {k['layer']}: {k['reason']}" for k in r["skipped"]],
+    ]
+    return "\n".join(lines)
+
+
+def _check_imgsz(imgsz: int) -> None:
+    if imgsz <= 0 or imgsz % 32:
+        raise UserError(f"--imgsz must be a positive multiple of 32 (got {imgsz}); RT-DETR downsamples by 32.")
+
+
+def _quiet_ultralytics() -> None:
+    """Ultralytics logs every model build and validation; keep our output readable unless --verbose."""
+    from ultralytics.utils import LOGGER
+
+    LOGGER.setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Reading the user's dataset: the data YAML, and batches for gradient-based criteria.
+
+Everything goes through Ultralytics' own dataset code, so a data YAML that trains with Ultralytics
+works here, and nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rtdetr_prune.errors import UserError
+
+
+def load_data(path: str | Path) -> dict:
+    """Check a YOLO-format data YAML and return Ultralytics' resolved dict (no download).
+
+    Raises:
+        UserError: missing or malformed YAML, or image folders that do not exist.
+    """
+    from ultralytics.data.utils import check_det_dataset
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"Data YAML '{path}' not found. Give a YOLO-format data YAML "
+                        "(make one with `rtdetr-prune data synthetic` or `rtdetr-prune data convert`).")
+    try:
+        data = check_det_dataset(str(p), autodownload=False)
+    except Exception as e:  # noqa: BLE001 - Ultralytics raises many types for bad YAMLs
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"Data YAML '{path}' is not usable: {first}. Check its 'path', 'train', 'val' and 'names'.") from e
+    for split in ("train", "val"):
+        for folder in _as_list(data.get(split)):
+            if not Path(folder).exists():
+                raise UserError(f"Data YAML '{path}': {split} images '{folder}' do not exist. Fix the path in the YAML.")
+    return data
+
+
+def _as_list(value) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def data_batches(data: dict, imgsz: int, batch: int = 8, split: str = "train", workers: int = 0) -> Callable[[], Iterator[dict]]:
+    """A function that yields preprocessed batches of ``split`` (no augmentation), for importance scores.
+
+    Each batch is Ultralytics' training batch: ``img`` (B, 3, imgsz, imgsz) float in [0, 1], and the
+    targets ``batch_idx``, ``cls``, ``bboxes`` (normalized xywh) that ``model.loss`` reads.
+    """
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_dataloader
+    from ultralytics.models.rtdetr.val import RTDETRDataset
+
+    hyp = get_cfg(overrides={"imgsz": imgsz})
+    dataset = RTDETRDataset(img_path=data[split], imgsz=imgsz, batch_size=batch, augment=False, hyp=hyp,
+                            rect=False, cache=None, prefix="importance: ", data=data)
+    if len(dataset) == 0:
+        raise UserError(f"The {split} split has no images. Add images and labels, or point the YAML at another folder.")
+    loader = build_dataloader(dataset, batch, workers, shuffle=False)
+
+    def batches() -> Iterator[dict]:
+        for b in loader:
+            b["img"] = b["img"].float() / 255
+            yield b
+
+    return batches

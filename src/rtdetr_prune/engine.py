@@ -1,0 +1,255 @@
+"""Prune a model step by step until a target speed-up (in GFLOPs) is reached.
+
+Each step: trace the current model, score every prunable group with the method's criterion,
+turn scores into *units* (``round_to`` channels of one group, least important first), pick this
+step's units (a share of each group, or the globally least important), and apply them to a copy.
+If the copy overshoots the target by more than ``tolerance``, the step is shrunk: a bisection over
+how many of its units (taken least important first) to apply. The caller's model is never changed.
+
+Example:
+    >>> result = prune_to_target(load_model("rtdetr-tiny", nc=3), get_method("lamp"),
+    ...                          PruneOptions(speed_up=1.5, imgsz=160))
+    >>> result.speed_up >= 1.5
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from rtdetr_prune import metrics
+from rtdetr_prune.graph import TracedGraph, trace
+from rtdetr_prune.methods import Method
+from rtdetr_prune.probe import Plan, Skip, analyse
+from rtdetr_prune.progress import progress
+from rtdetr_prune.units import Unit, choose_global, choose_local, group_units
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """How far and how to prune. Every default says why."""
+
+    speed_up: float = 2.0  # target: base GFLOPs / pruned GFLOPs
+    max_steps: int = 50  # a safety stop: at the default step_ratio, 2x takes about 5-8 steps
+    step_ratio: float = 0.1  # share of each group's channels (global: of all channels) removed per step;
+    #                          small steps let data-driven criteria re-score between steps
+    global_pruning: bool = False  # rank channels across groups (per-group share otherwise)
+    round_to: int = 8  # keep channel counts multiples of 8: what GPU kernels and NPUs tile by
+    max_layer_ratio: float = 0.8  # no group loses more than 80% of its channels: keeps every path alive
+    imgsz: int = 640  # GFLOPs are counted at this square image size, pixels
+    tolerance: float = 0.03  # stop at most 3% past the target
+    grad_batches: int = 8  # batches of data for gradient-based criteria, each step
+
+    def __post_init__(self):
+        from rtdetr_prune.errors import UserError
+
+        if not self.speed_up > 1.0:
+            raise UserError(f"--speed-up must be greater than 1 (got {self.speed_up}); e.g. 1.5 for 1.5x fewer GFLOPs.")
+        if self.imgsz % 32:
+            raise UserError(f"--imgsz must be a multiple of 32 (got {self.imgsz}); RT-DETR downsamples by 32.")
+        if not 0 < self.step_ratio < 1:
+            raise UserError(f"step_ratio must be in (0, 1) (got {self.step_ratio}).")
+        if not 0 < self.max_layer_ratio < 1:
+            raise UserError(f"max_layer_ratio must be in (0, 1) (got {self.max_layer_ratio}).")
+        if self.round_to < 1 or self.max_steps < 1:
+            raise UserError("--round-to and --max-steps must be at least 1.")
+
+
+@dataclass
+class PruneResult:
+    """A pruned model and how it got there."""
+
+    model: nn.Module
+    speed_up: float  # base GFLOPs / final GFLOPs
+    steps: int
+    history: list[dict]  # one row per step: step, params, gflops, speed_up (row 0 = baseline)
+    skipped: list[Skip]
+    message: str  # why the loop stopped, in words
+    widths: dict[str, int] = field(default_factory=dict)  # group key -> channels left
+
+
+Batches = Callable[[], Iterable[dict]]
+
+
+def prune_to_target(
+    model: nn.Module,
+    method: Method,
+    options: PruneOptions,
+    batches: Batches | None = None,
+    plan: Plan | None = None,
+    on_step: Callable[[dict], None] | None = None,
+) -> PruneResult:
+    """Prune a copy of ``model`` until ``options.speed_up`` is reached (or no step can help).
+
+    Args:
+        model: RT-DETR detection model (not modified).
+        method: the criterion to rank channels by.
+        options: target and step settings.
+        batches: returns an iterable of Ultralytics training batches (dicts with ``img`` (B, 3, H, W)
+            in [0, 1], ``batch_idx``, ``cls``, ``bboxes``); required when the method needs gradients.
+        plan: a precomputed :func:`~rtdetr_prune.probe.analyse` result (computed when omitted).
+        on_step: called with each history row as it is made, baseline first (to log or save progress).
+    """
+    if method.needs_gradients and batches is None:
+        raise ValueError(f"method '{method.name}' scores channels with gradients: pass `batches` of data")
+    unit = max(1, options.round_to)
+    model = copy.deepcopy(model).eval()
+    plan = plan or analyse(model, unit)
+    params, base = metrics.params_and_gflops(model, options.imgsz)
+    history = [_row(0, params, base, base)]
+    if on_step:
+        on_step(history[0])
+    orig = _widths(trace(model, plan.opaque_types), plan.prunable)
+    speed, message, steps, level = 1.0, "", 0, 0
+    bar = progress(range(1, options.max_steps + 1), desc=f"prune {method.name} -> {options.speed_up:g}x")
+    for step in bar:
+        graph = trace(model, plan.opaque_types)
+        units, pool, level = _step_units(graph, plan.prunable, method, options, orig, unit, batches, model, level + 1)
+        if not units:
+            message = (f"stopped at {speed:.3f}x: every prunable group is at its limit "
+                       f"(max_layer_ratio={options.max_layer_ratio}, round_to={unit})")
+            break
+        model, params, flops = _apply_best(model, plan, units, pool, base, history[-1]["gflops"], options)
+        speed, steps = base / flops, step
+        history.append(_row(step, params, flops, base))
+        if on_step:
+            on_step(history[-1])
+        bar.set_postfix(speed_up=f"{speed:.3f}x")
+        if speed >= options.speed_up:
+            message = f"reached {speed:.3f}x (target {options.speed_up:g}x) in {step} steps"
+            break
+    else:
+        message = f"stopped at max_steps={options.max_steps} at {speed:.3f}x, short of the {options.speed_up:g}x target"
+    widths = _widths(trace(model, plan.opaque_types), plan.prunable)
+    return PruneResult(model, speed, steps, history, list(plan.skipped), message, widths)
+
+
+def _row(step: int, params: int, flops: float, base: float) -> dict:
+    return {"step": step, "params": params, "gflops": round(flops, 4), "speed_up": round(base / flops, 4)}
+
+
+def _widths(graph: TracedGraph, keys: list[str]) -> dict[str, int]:
+    by_key = {graph.key(g): g for g in graph.all_groups()}
+    return {k: graph.root_width(by_key[k]) for k in keys if k in by_key}
+
+
+def _step_units(graph, keys, method, options, orig, unit, batches, model, level) -> tuple[list[Unit], list[Unit], int]:
+    """This step's units (least important first), every removable unit, and the local shrink level."""
+    importance = method.importance()
+    if method.needs_gradients:
+        _accumulate_gradients(model, importance, batches, options.grad_batches)
+    candidates: list[list[Unit]] = []
+    for group in graph.all_groups():
+        key = graph.key(group)
+        if key not in keys:
+            continue
+        scores = importance(group)
+        if scores is None:
+            continue
+        width = graph.root_width(group)
+        units = group_units(key, scores, width, orig[key], unit, options.max_layer_ratio)
+        if units:
+            candidates.append((width, units))
+    model.zero_grad(set_to_none=True)
+    if options.global_pruning:
+        chosen = choose_global([u for _, u in candidates], options.step_ratio)
+    else:
+        chosen, level = choose_local(candidates, orig, options.step_ratio, level)
+    pool = [u for _, units in candidates for u in units]
+    return sorted(chosen, key=lambda u: u.score), pool, level
+
+
+def _apply(model: nn.Module, plan: Plan, units: list[Unit]) -> nn.Module:
+    """A pruned copy of ``model`` without the given units."""
+    pruned = copy.deepcopy(model)
+    idxs: dict[str, list[int]] = {}
+    for u in units:
+        idxs.setdefault(u.key, []).extend(u.idxs)
+    trace(pruned, plan.opaque_types).prune(idxs)
+    return pruned
+
+
+def _apply_best(model, plan, units, pool, base, flops_now, options) -> tuple[nn.Module, int, float]:
+    """Apply the whole step, or the least of it that reaches the target within tolerance.
+
+    Bisects over how many units (least important first) to apply; when one unit jumps past the
+    window, :func:`_land` tries single units of the whole ``pool`` whose estimated cost fits the gap.
+    Returns the pruned copy, its params and its GFLOPs.
+    """
+    best = _trial(model, plan, units, options.imgsz)
+    upper = options.speed_up * (1 + options.tolerance)
+    if base / best[2] <= upper:
+        return best
+    lo, hi, f_lo = 0, len(units), flops_now
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        trial = _trial(model, plan, units[:mid], options.imgsz)
+        if base / trial[2] < options.speed_up:
+            lo, f_lo = mid, trial[2]
+        elif base / trial[2] > upper:
+            hi, best = mid, trial
+        else:
+            return trial
+    return _land(model, plan, units[:lo], pool, f_lo, base, options) or best
+
+
+def _land(model, plan, taken, pool, f_lo, base, options, tries: int = 10):
+    """``taken`` falls short and one more unit overshoots: fill the gap with better-sized units.
+
+    Each try adds the unused unit whose estimated cost best fits what is left to remove (aiming at
+    the middle of the window), or takes back the last one if the model went past the window.
+    """
+    f_max, f_min = base / options.speed_up, base / (options.speed_up * (1 + options.tolerance))
+    costs = trace(model, plan.opaque_types).channel_cost(metrics.layer_gflops(model, options.imgsz))
+    cost = {u: costs.get(u.key, 0.0) * len(u.idxs) for u in pool}
+    free = set(pool) - set(taken)
+    extra, flops = [], [f_lo]  # units added, and the GFLOPs after each addition
+    for _ in range(tries):
+        if flops[-1] < f_min:  # went past the window: take the last unit back and never retry it
+            extra.pop()
+            flops.pop()
+        need, room = flops[-1] - (f_max + f_min) / 2, flops[-1] - f_min
+        fits = [u for u in free if cost[u] <= room] or list(free)
+        if not fits:
+            return None
+        u = min(fits, key=lambda v: abs(cost[v] - need))
+        free.discard(u)
+        extra.append(u)
+        trial = _trial(model, plan, [*taken, *extra], options.imgsz)
+        flops.append(trial[2])
+        if f_min <= trial[2] <= f_max:
+            return trial
+    return None
+
+
+def _trial(model, plan, units, imgsz) -> tuple[nn.Module, int, float]:
+    pruned = _apply(model, plan, units)
+    return (pruned, *metrics.params_and_gflops(pruned, imgsz))
+
+
+def _accumulate_gradients(model: nn.Module, importance, batches: Batches, n: int) -> None:
+    """Gradients of the detection loss over ``n`` batches, in eval mode (BatchNorm statistics untouched).
+
+    Criteria with ``accumulate_grad`` (Hessian) get each batch's gradient separately; the others
+    (Taylor) read the gradient summed over the batches from ``.grad``.
+    """
+    per_batch = hasattr(importance, "accumulate_grad")
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    device = next(model.parameters()).device
+    for i, batch in enumerate(progress(batches(), desc="importance batches", total=n, leave=False)):
+        if i >= n:
+            break
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        if per_batch:
+            model.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = model.loss(batch)[0]
+            loss.sum().backward()
+        if per_batch:
+            importance.accumulate_grad(model)
