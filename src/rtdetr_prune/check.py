@@ -10,6 +10,7 @@ from torch import nn
 from rtdetr_prune import metrics
 from rtdetr_prune.adapter import DECODER_REASON
 from rtdetr_prune.graph import trace
+from rtdetr_prune.planner import layer_gflops
 from rtdetr_prune.probe import Plan, analyse
 from rtdetr_prune.units import group_units
 
@@ -51,7 +52,7 @@ def check_model(model: nn.Module, imgsz: int = 640, round_to: int = 8, max_layer
 
 def _flops_shares(model: nn.Module, plan: Plan, imgsz: int) -> dict[str, float]:
     """Shares of conv/linear GFLOPs in layers that shrink, in the protected decoder, and in the rest."""
-    cost = metrics.layer_gflops(model, imgsz)
+    cost = layer_gflops(model, imgsz)
     graph = trace(model, plan.opaque_types)
     prunable = set(plan.prunable)
     touched = {m for g in graph.all_groups() if graph.key(g) in prunable for m in graph.touched_modules(g)}

@@ -59,6 +59,37 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="recipe YAML (a run's recipe.yaml works); flags override it")
     _add_recipe_flags(r)
     r.set_defaults(func=_cmd_prune)
+
+    v = sub.add_parser("val", parents=[common], help="mAP50 and mAP50-95 on the data's val split")
+    v.add_argument("--model", required=True, help="zoo name, .yaml, .pt or pruned-model dir")
+    v.add_argument("--data", required=True, help="YOLO-format data YAML")
+    v.add_argument("--imgsz", type=int, default=640)
+    v.add_argument("--batch", type=int, default=8)
+    v.add_argument("--device", default="", help='"" (auto), "cpu", "0"')
+    v.add_argument("--workers", type=int, default=2)
+    v.set_defaults(func=_cmd_val)
+
+    d = sub.add_parser("data", parents=[common], help="make or convert datasets (YOLO format)")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("synthetic", parents=[common], help="write a deterministic synthetic shapes dataset")
+    ds.add_argument("--out", required=True, help="output directory")
+    ds.add_argument("--images", type=int, default=96)
+    ds.add_argument("--imgsz", type=int, default=160)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.set_defaults(func=_cmd_data_synthetic)
+    dc = dsub.add_parser("convert", parents=[common], help="convert VisDrone, CrowdHuman, VOC or COCO to YOLO")
+    dc.add_argument("--format", required=True, dest="fmt", help="visdrone | crowdhuman | voc | coco")
+    dc.add_argument("src", help="the dataset as downloaded")
+    dc.add_argument("dst", help="output directory (YOLO format + data.yaml)")
+    dc.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="format option, e.g. --opt box=vbox (crowdhuman), --opt keep_difficult=true (voc)")
+    dc.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    dc.set_defaults(func=_cmd_data_convert)
+
+    k = sub.add_parser("compare", parents=[common], help="merge pruning runs into one table (markdown + CSV)")
+    k.add_argument("runs", nargs="+", help="run directories")
+    k.add_argument("--out", default=None, help="where to write compare.md and compare.csv (default: here)")
+    k.set_defaults(func=_cmd_compare)
     return p
 
 
@@ -97,6 +128,49 @@ def _cmd_prune(args) -> int:
 
     print(stage_table(report))
     print(f"\nrun directory: {report['run_dir']}")
+    return 0
+
+
+def _cmd_val(args) -> int:
+    from rtdetr_prune import metrics
+    from rtdetr_prune.datasets import load_data, require_same_classes
+    from rtdetr_prune.evaluate import val_map
+    from rtdetr_prune.zoo import load_model
+
+    _check_imgsz(args.imgsz)
+    data = load_data(args.data)
+    model = load_model(args.model)
+    require_same_classes(model, data, args.data)
+    m50, m5095 = val_map(model, args.data, args.imgsz, args.batch, args.device, args.workers)
+    params, flops = metrics.params_and_gflops(model, args.imgsz)
+    print(f"mAP50 {m50:.4f}  mAP50-95 {m5095:.4f}  params {params:,}  GFLOPs@{args.imgsz} {flops:.2f}")
+    return 0
+
+
+def _cmd_data_synthetic(args) -> int:
+    from rtdetr_prune.data import make_synthetic
+
+    print(make_synthetic(args.out, images=args.images, imgsz=args.imgsz, seed=args.seed))
+    return 0
+
+
+def _cmd_data_convert(args) -> int:
+    from rtdetr_prune.data import convert_dataset
+
+    opts = {}
+    for item in args.opt:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--opt takes KEY=VALUE (got '{item}'), e.g. --opt box=vbox.")
+        opts[key] = {"true": True, "false": False}.get(value.lower(), value)
+    print(convert_dataset(args.fmt, args.src, args.dst, overwrite=args.overwrite, **opts))
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from rtdetr_prune.report import write_compare
+
+    print(write_compare(args.runs, args.out))
     return 0
 
 

@@ -36,6 +36,14 @@ def load_data(path: str | Path) -> dict:
     return data
 
 
+def require_same_classes(model, data: dict, data_path: str) -> None:
+    """Refuse a model whose class count differs from the dataset's (its head would not fit the labels)."""
+    nc_model, nc_data = int(model.model[-1].nc), len(data["names"])
+    if nc_model != nc_data:
+        raise UserError(f"The model predicts {nc_model} classes but '{data_path}' has {nc_data}. "
+                        "Use the data the model was trained on, or a model trained for these classes.")
+
+
 def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 

@@ -25,6 +25,7 @@ from torch import nn
 from rtdetr_prune import metrics
 from rtdetr_prune.graph import TracedGraph, trace
 from rtdetr_prune.methods import Method
+from rtdetr_prune.planner import FlopPlanner
 from rtdetr_prune.probe import Plan, Skip, analyse
 from rtdetr_prune.progress import progress
 from rtdetr_prune.units import Unit, choose_global, choose_local, group_units
@@ -101,6 +102,7 @@ def prune_to_target(
     model = copy.deepcopy(model).eval()
     plan = plan or analyse(model, unit)
     params, base = metrics.params_and_gflops(model, options.imgsz)
+    flops = base
     history = [_row(0, params, base, base)]
     if on_step:
         on_step(history[0])
@@ -114,7 +116,7 @@ def prune_to_target(
             message = (f"stopped at {speed:.3f}x: every prunable group is at its limit "
                        f"(max_layer_ratio={options.max_layer_ratio}, round_to={unit})")
             break
-        model, params, flops = _apply_best(model, plan, units, pool, base, history[-1]["gflops"], options)
+        model, params, flops = _take_step(model, plan, graph, units, pool, base, flops, options)
         speed, steps = base / flops, step
         history.append(_row(step, params, flops, base))
         if on_step:
@@ -174,56 +176,62 @@ def _apply(model: nn.Module, plan: Plan, units: list[Unit]) -> nn.Module:
     return pruned
 
 
-def _apply_best(model, plan, units, pool, base, flops_now, options) -> tuple[nn.Module, int, float]:
-    """Apply the whole step, or the least of it that reaches the target within tolerance.
+def _take_step(model, plan, graph, units, pool, base, flops_now, options) -> tuple[nn.Module, int, float]:
+    """Apply this step's units, or, if they would go past the target window, a subset that lands in it.
 
-    Bisects over how many units (least important first) to apply; when one unit jumps past the
-    window, :func:`_land` tries single units of the whole ``pool`` whose estimated cost fits the gap.
+    Subsets are planned with a :class:`FlopPlanner` (no pruning needed to predict GFLOPs) and checked
+    with Ultralytics' real count; a miss recalibrates the planner and plans again (three tries).
     Returns the pruned copy, its params and its GFLOPs.
     """
-    best = _trial(model, plan, units, options.imgsz)
-    upper = options.speed_up * (1 + options.tolerance)
-    if base / best[2] <= upper:
-        return best
-    lo, hi, f_lo = 0, len(units), flops_now
+    f_max = base / options.speed_up
+    f_min = base / (options.speed_up * (1 + options.tolerance))
+    planner = FlopPlanner(graph, model, options.imgsz, flops_now)
+    chosen = _plan(planner, units, pool, f_min, f_max)
+    for _ in range(3):
+        result = _trial(model, plan, chosen, options.imgsz)
+        flops = result[2]
+        if flops >= f_min and (flops <= f_max or chosen is units):  # in the window, or a full step short of it
+            return result
+        planner.recalibrate(planner.predict(chosen), flops)
+        chosen = _plan(planner, units, pool, f_min, f_max)
+    return result
+
+
+def _plan(planner: FlopPlanner, units, pool, f_min, f_max):
+    """The whole step if it stays above ``f_min``; else the shortest prefix reaching ``f_max``, topped up
+    with better-sized units from the pool when a prefix can only jump past the window."""
+    if planner.predict(units) >= f_min:
+        return units
+    lo, hi = 0, len(units)  # predict(units[:lo]) > f_max >= predict(units[:hi])
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        trial = _trial(model, plan, units[:mid], options.imgsz)
-        if base / trial[2] < options.speed_up:
-            lo, f_lo = mid, trial[2]
-        elif base / trial[2] > upper:
-            hi, best = mid, trial
+        if planner.predict(units[:mid]) > f_max:
+            lo = mid
         else:
-            return trial
-    return _land(model, plan, units[:lo], pool, f_lo, base, options) or best
+            hi = mid
+    if planner.predict(units[:hi]) >= f_min:
+        return units[:hi]
+    return _fill(planner, units[:lo], pool, f_min, f_max) or units[:hi]
 
 
-def _land(model, plan, taken, pool, f_lo, base, options, tries: int = 10):
-    """``taken`` falls short and one more unit overshoots: fill the gap with better-sized units.
-
-    Each try adds the unused unit whose estimated cost best fits what is left to remove (aiming at
-    the middle of the window), or takes back the last one if the model went past the window.
-    """
-    f_max, f_min = base / options.speed_up, base / (options.speed_up * (1 + options.tolerance))
-    costs = trace(model, plan.opaque_types).channel_cost(metrics.layer_gflops(model, options.imgsz))
-    cost = {u: costs.get(u.key, 0.0) * len(u.idxs) for u in pool}
-    free = set(pool) - set(taken)
-    extra, flops = [], [f_lo]  # units added, and the GFLOPs after each addition
-    for _ in range(tries):
-        if flops[-1] < f_min:  # went past the window: take the last unit back and never retry it
-            extra.pop()
-            flops.pop()
-        need, room = flops[-1] - (f_max + f_min) / 2, flops[-1] - f_min
-        fits = [u for u in free if cost[u] <= room] or list(free)
-        if not fits:
+def _fill(planner: FlopPlanner, taken, pool, f_min, f_max, rounds: int = 16, shortlist: int = 12):
+    """Top ``taken`` up with units, each the one bringing the prediction closest to the window's middle
+    without passing below it; None if no such sequence reaches the window."""
+    goal = (f_min + f_max) / 2
+    taken = list(taken)
+    free = [u for u in pool if u not in set(taken)]
+    current = planner.predict(taken)
+    for _ in range(rounds):
+        need = current - goal
+        near = sorted(free, key=lambda u: abs(planner.unit_cost(u) - need))[:shortlist]
+        trials = [(f, u) for u in near if (f := planner.predict(taken + [u])) >= f_min]
+        if not trials:
             return None
-        u = min(fits, key=lambda v: abs(cost[v] - need))
-        free.discard(u)
-        extra.append(u)
-        trial = _trial(model, plan, [*taken, *extra], options.imgsz)
-        flops.append(trial[2])
-        if f_min <= trial[2] <= f_max:
-            return trial
+        current, u = min(trials, key=lambda t: abs(t[0] - goal))
+        taken.append(u)
+        free.remove(u)
+        if current <= f_max:
+            return taken
     return None
 
 

@@ -76,22 +76,6 @@ class TracedGraph:
         """Every module or raw parameter the group changes (inputs or outputs)."""
         return [dep.target.module for dep, _ in group]
 
-    def channel_cost(self, layer_cost: dict[nn.Module, float]) -> dict[str, float]:
-        """Estimated cost of one root channel of each group: the sum, over the layers the group
-        touches, of the layer's cost divided by its pruned dimension's width."""
-        costs = {}
-        for group in self.all_groups():
-            total = 0.0
-            for dep, _ in group:
-                m = dep.target.module
-                if m not in layer_cost:
-                    continue
-                out = self.DG.is_out_channel_pruning_fn(dep.handler)
-                width = self.DG.get_out_channels(m) if out else self.DG.get_in_channels(m)
-                total += layer_cost[m] / max(1, width or 1)
-            costs[self.key(group)] = total
-        return costs
-
     def prune(self, key_to_idxs: dict[str, list[int]]) -> None:
         """Remove the given root-channel indices from each named group, all in this graph's model."""
         by_key = {self.key(g): g for g in self.all_groups()}
@@ -122,8 +106,8 @@ def trace(model: nn.Module, opaque_types: tuple[type, ...] = (), imgsz: int = TR
         customized = {t: pruner for t in opaque_types}
     was_training = model.training
     try:
-        DG = tp.DependencyGraph().build_dependency(
-            region, example_inputs=example, customized_pruners=customized, verbose=False
+        DG = tp.DependencyGraph().build_dependency(  # a tuple: TP calls model(*example_inputs) first
+            region, example_inputs=(example,), customized_pruners=customized, verbose=False
         )
     finally:
         model.train(was_training)

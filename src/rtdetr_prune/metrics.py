@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import statistics
 import time
 
@@ -104,30 +103,3 @@ def _fused(model: nn.Module) -> nn.Module:
     m = copy.deepcopy(model).float().eval()
     return m.fuse(verbose=False) if hasattr(m, "fuse") else m
 
-
-@torch.no_grad()
-def layer_gflops(model: nn.Module, imgsz: int = 640) -> dict[nn.Module, float]:
-    """GFLOPs (2 x multiply-adds) of each conv and linear layer for one ``imgsz`` image, by forward hooks.
-
-    A quick per-layer estimate for planning (convs and linears carry nearly all of RT-DETR's FLOPs);
-    totals for reports come from :func:`gflops`.
-    """
-    found: dict[nn.Module, float] = {}
-
-    def hook(m, inputs, output):
-        if isinstance(m, nn.Linear):
-            macs = output.numel() * m.in_features
-        else:
-            macs = output.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-        found[m] = found.get(m, 0.0) + 2 * macs / 1e9
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    was_training = model.training
-    try:
-        device = next(model.parameters()).device
-        model.eval()(torch.zeros(1, 3, imgsz, imgsz, device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return found

@@ -20,7 +20,7 @@ import torch
 
 from rtdetr_prune import report as report_md
 from rtdetr_prune.checkpoint import save_checkpoint
-from rtdetr_prune.datasets import data_batches, load_data
+from rtdetr_prune.datasets import data_batches, load_data, require_same_classes
 from rtdetr_prune.engine import PruneOptions, prune_to_target
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.evaluate import stage_metrics
@@ -39,7 +39,7 @@ def prune(recipe: Recipe) -> dict:
     _require(recipe)
     data = load_data(recipe.data)
     model = load_model(recipe.model, nc=len(data["names"]))
-    _check_classes(model, data, recipe)
+    require_same_classes(model, data, recipe.data)
     if method.needs_sparse_training:
         raise UserError(f"Method '{method.name}' needs sparse training first, which this version cannot run yet; "
                         "choose a method without it (l1, random, group_norm, lamp, group_hessian, group_taylor).")
@@ -91,13 +91,6 @@ def _require(recipe: Recipe) -> None:
     for key in ("model", "data"):
         if not getattr(recipe, key):
             raise UserError(f"--{key} is required (or set '{key}:' in the --config recipe).")
-
-
-def _check_classes(model, data: dict, recipe: Recipe) -> None:
-    nc_model, nc_data = int(model.model[-1].nc), len(data["names"])
-    if nc_model != nc_data:
-        raise UserError(f"The model predicts {nc_model} classes but '{recipe.data}' has {nc_data}. "
-                        "Use the data the model was trained on, or a model trained for these classes.")
 
 
 def _measure(model, recipe: Recipe, run_dir: Path, stage: str) -> dict:
