@@ -99,3 +99,11 @@ def test_same_seed_same_channels(tiny):
         runs.append(prune_to_target(tiny, get_method("random"), PruneOptions(speed_up=1.3, imgsz=IMGSZ)))
     sa, sb = runs[0].model.state_dict(), runs[1].model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_frozen_checkpoint_still_prunes(tiny):
+    """Ultralytics saves finished checkpoints with requires_grad=False; tracing must not lose every group."""
+    tiny.requires_grad_(False)
+    result = prune_to_target(tiny, get_method("group_taylor"), PruneOptions(speed_up=1.5, imgsz=IMGSZ), batches=_batches)
+    assert 1.5 <= result.speed_up <= 1.545
+    assert not any(p.requires_grad for p in tiny.parameters()), "the caller's model is left as it was"

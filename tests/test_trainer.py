@@ -1,4 +1,4 @@
-"""Training keeps pruned widths (fresh runs, resume, DDP workers); sparse training penalizes and keeps the best epoch."""
+"""Training keeps pruned widths (fresh runs, resume, DDP workers); sparse training penalizes, keeps the best epoch."""
 
 from __future__ import annotations
 

@@ -109,19 +109,25 @@ def format_bench(result: dict) -> str:
     lines = [
         f"{result['backend']} on {result['device']}, batch {result['batch']}, {result['imgsz']} px, "
         f"{'fp16' if result['half'] else 'fp32'}, {t['intra_op']} intra-op threads; median of "
-        f"{result['repeats']} interleaved rounds after {result['warmup']} warm-up",
+        f"{result['repeats']} interleaved rounds ({result['warmup']} untimed warm-up rounds first)",
         "",
     ]
     onnx = result["backend"] == "onnxruntime"
     head = ["model", "params (M)", "GFLOPs", "latency ms/img", "latency ratio", "GFLOPs ratio",
             "latency ratio / GFLOPs ratio"] + (["ONNX max abs diff"] if onnx else [])
-    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
-    for r in result["rows"]:
-        cells = [r["model"], f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}", f"{r['latency_ms']:.2f}",
-                 f"{r['latency_ratio']:.3f}", f"{r['gflops_ratio']:.3f}", f"{r['latency_ratio'] / r['gflops_ratio']:.3f}"]
-        cells += [f"{r['onnx_max_abs_diff']:.2e}"] if onnx else []
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += [_md(head), _md(["---"] + ["---:"] * (len(head) - 1))]
+    lines += [_md(_cells(r, onnx)) for r in result["rows"]]
     return "\n".join(lines)
+
+
+def _cells(r: dict, onnx: bool) -> list[str]:
+    cells = [r["model"], f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}", f"{r['latency_ms']:.2f}",
+             f"{r['latency_ratio']:.3f}", f"{r['gflops_ratio']:.3f}", f"{r['latency_ratio'] / r['gflops_ratio']:.3f}"]
+    return cells + ([f"{r['onnx_max_abs_diff']:.2e}"] if onnx else [])
+
+
+def _md(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _check_options(backend, device, half, imgsz, batch, warmup, repeats) -> torch.device:

@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from rtdetr_prune import metrics
+from rtdetr_prune import metrics, rules
 from rtdetr_prune.adapter import DECODER_REASON
 from rtdetr_prune.graph import trace
 from rtdetr_prune.planner import layer_gflops
@@ -32,6 +32,8 @@ def check_model(model: nn.Module, imgsz: int = 640, round_to: int = 8, max_layer
         layers), ``max_speed_up`` (reachable with these settings), ``protected`` and ``skipped``
         (lists of ``{"layer", "reason"}``).
     """
+    model = copy.deepcopy(model)
+    rewritten = rules.apply_rewrites(model)
     plan = plan or analyse(model, round_to)
     base = metrics.gflops(model, imgsz)
     share = _flops_shares(model, plan, imgsz)
@@ -47,6 +49,7 @@ def check_model(model: nn.Module, imgsz: int = 640, round_to: int = 8, max_layer
         "settings": {"imgsz": imgsz, "round_to": round_to, "max_layer_ratio": max_layer_ratio},
         "protected": [{"layer": f"model.{decoder_index}", "reason": DECODER_REASON}],
         "skipped": [{"layer": s.layer, "reason": s.reason} for s in plan.skipped],
+        "rewritten": rewritten,
     }
 
 

@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         _quiet_ultralytics()
     try:
+        from rtdetr_prune.rules import load_plugin
+
+        for path in args.plugin:
+            load_plugin(path)
         return args.func(args) or 0
     except UserError as e:
         if args.verbose:
@@ -40,12 +44,37 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the nearest valid option suggested for a mistyped one."""
+
+    def error(self, message: str):
+        if "unrecognized arguments" in message:
+            from rtdetr_prune.errors import suggest
+
+            known = _all_options(self)
+            wrong = [w for w in message.split(":", 1)[1].split() if w.startswith("-")]
+            message += "".join(suggest(w.split("=")[0], known) for w in wrong[:1])
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of ``parser`` and its subcommands (argparse reports unknown ones at the top)."""
+    found = []
+    for action in parser._actions:
+        found += [o for o in action.option_strings if o not in ("-h", "--help")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _all_options(sub)
+    return found
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", help="show progress logs and full tracebacks")
-    p = argparse.ArgumentParser(prog="rtdetr-prune", description="Prune and finetune Ultralytics RT-DETR detectors.",
-                                parents=[common])
-    sub = p.add_subparsers(dest="command", required=True)
+    common.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="a Python file defining your own modules and their pruning rules (repeatable)")
+    p = _Parser(prog="rtdetr-prune", description="Prune and finetune Ultralytics RT-DETR detectors.", parents=[common])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("check", parents=[common], help="can this model be pruned, and how far?")
     c.add_argument("--model", required=True, help="zoo name, RT-DETR .yaml, .pt checkpoint or pruned-model dir")
@@ -57,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prune", parents=[common], help="prune to a target speed-up, then finetune")
     r.add_argument("--config", help="recipe YAML (a run's recipe.yaml works); flags override it")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its first unfinished stage")
     _add_recipe_flags(r)
     r.set_defaults(func=_cmd_prune)
 
@@ -70,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_cmd_val)
 
     d = sub.add_parser("data", parents=[common], help="make or convert datasets (YOLO format)")
-    dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     ds = dsub.add_parser("synthetic", parents=[common], help="write a deterministic synthetic shapes dataset")
     ds.add_argument("--out", required=True, help="output directory")
     ds.add_argument("--images", type=int, default=96)
@@ -123,7 +153,9 @@ def _cmd_prune(args) -> int:
     from rtdetr_prune.recipe import Recipe, load_recipe
 
     flags = {k: v for k, v in vars(args).items() if k in Recipe.keys() and v is not None}
-    report = prune(load_recipe(args.config, flags))
+    if args.resume and (flags or args.config):
+        raise UserError("--resume continues a run with the options it was started with; drop the other options.")
+    report = prune(load_recipe(args.config, flags), resume=args.resume)
     from rtdetr_prune.report import stage_table
 
     print(stage_table(report))

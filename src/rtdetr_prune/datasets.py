@@ -30,10 +30,23 @@ def load_data(path: str | Path) -> dict:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"Data YAML '{path}' is not usable: {first}. Check its 'path', 'train', 'val' and 'names'.") from e
     for split in ("train", "val"):
-        for folder in _as_list(data.get(split)):
+        folders = _as_list(data.get(split))
+        for folder in folders:
             if not Path(folder).exists():
                 raise UserError(f"Data YAML '{path}': {split} images '{folder}' do not exist. Fix the path in the YAML.")
+        if folders and not any(_has_images(Path(f)) for f in folders):
+            raise UserError(f"Data YAML '{path}': the {split} split has no images. Add images (and YOLO labels), "
+                            "or point '{split}:' at the right folder.")
     return data
+
+
+def _has_images(path: Path) -> bool:
+    """A folder with at least one image file (recursively), or a non-empty image-list .txt file."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    if path.is_file():
+        return path.suffix.lower() != ".txt" or bool(path.read_text().strip())
+    return any(p.suffix.lower().lstrip(".") in IMG_FORMATS for p in path.rglob("*"))
 
 
 def require_same_classes(model, data: dict, data_path: str) -> None:

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from rtdetr_prune import metrics
+from rtdetr_prune import metrics, rules
 from rtdetr_prune.graph import TracedGraph, trace
 from rtdetr_prune.methods import Method
 from rtdetr_prune.planner import FlopPlanner
@@ -51,12 +51,12 @@ class PruneOptions:
 
         if not self.speed_up > 1.0:
             raise UserError(f"--speed-up must be greater than 1 (got {self.speed_up}); e.g. 1.5 for 1.5x fewer GFLOPs.")
-        if self.imgsz % 32:
-            raise UserError(f"--imgsz must be a multiple of 32 (got {self.imgsz}); RT-DETR downsamples by 32.")
+        if self.imgsz <= 0 or self.imgsz % 32:
+            raise UserError(f"--imgsz must be a positive multiple of 32 (got {self.imgsz}); RT-DETR downsamples by 32.")
         if not 0 < self.step_ratio < 1:
-            raise UserError(f"step_ratio must be in (0, 1) (got {self.step_ratio}).")
+            raise UserError(f"--step-ratio must be between 0 and 1 (got {self.step_ratio}).")
         if not 0 < self.max_layer_ratio < 1:
-            raise UserError(f"max_layer_ratio must be in (0, 1) (got {self.max_layer_ratio}).")
+            raise UserError(f"--max-layer-ratio must be between 0 and 1 (got {self.max_layer_ratio}).")
         if self.round_to < 1 or self.max_steps < 1:
             raise UserError("--round-to and --max-steps must be at least 1.")
 
@@ -99,7 +99,8 @@ def prune_to_target(
     if method.needs_gradients and batches is None:
         raise ValueError(f"method '{method.name}' scores channels with gradients: pass `batches` of data")
     unit = max(1, options.round_to)
-    model = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).eval().requires_grad_(True)  # finished Ultralytics checkpoints come frozen
+    rules.apply_rewrites(model)  # users' output-preserving rewrites (no-op if none registered)
     plan = plan or analyse(model, unit)
     params, base = metrics.params_and_gflops(model, options.imgsz)
     flops = base

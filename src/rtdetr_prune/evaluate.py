@@ -32,7 +32,7 @@ def stage_metrics(model: nn.Module, imgsz: int, data_yaml: str | None = None, ba
                   workers: int = 2, latency: bool = True, save_dir: str | Path | None = None) -> dict:
     """One row of the report: params, gflops, size_mb, map50, map50_95, latency_ms (None if not measured)."""
     params, flops = metrics.params_and_gflops(model, imgsz)
-    row = {"params": params, "gflops": round(flops, 3), "size_mb": round(metrics.size_mb(model), 3),
+    row = {"params": params, "gflops": round(flops, 6), "size_mb": round(metrics.size_mb(model), 3),
            "map50": None, "map50_95": None, "latency_ms": None}
     if data_yaml:
         m50, m5095 = val_map(model, data_yaml, imgsz, batch, device, workers, save_dir)

@@ -18,6 +18,9 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private (0600); give the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -50,6 +53,8 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
 
 def new_run_dir(project: str | Path, name: str) -> Path:
     """Create and return ``project/name``, or ``name2``, ``name3``... if taken: runs never overwrite runs."""
+    from rtdetr_prune.errors import UserError
+
     base = Path(project)
     for i in range(1, 10_000):
         d = base / (name if i == 1 else f"{name}{i}")
@@ -58,4 +63,7 @@ def new_run_dir(project: str | Path, name: str) -> Path:
             return d
         except FileExistsError:
             continue
+        except OSError as e:
+            raise UserError(f"Cannot create the run directory '{d}' ({e.strerror}). "
+                            "Choose a writable --project directory.") from e
     raise RuntimeError(f"no free run directory under {base}")

@@ -18,6 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from rtdetr_prune import rules
 from rtdetr_prune.adapter import RTDETRAdapter
 
 ROOT_TYPES = (nn.Conv2d, nn.Conv1d, nn.Linear)
@@ -100,16 +101,23 @@ def trace(model: nn.Module, opaque_types: tuple[type, ...] = (), imgsz: int = TR
     adapter = RTDETRAdapter(model)
     region = adapter.region()
     example = torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device)
-    customized = {}
+    customized = rules.customized_pruners()  # users' rules for their own module types
     if opaque_types:
         pruner = OpaquePruner(_probe_channels(region, example, opaque_types))
-        customized = {t: pruner for t in opaque_types}
+        customized.update({t: pruner for t in opaque_types})
     was_training = model.training
+    # TP follows autograd: frozen parameters (Ultralytics saves finished checkpoints frozen) would leave
+    # no graph to trace, and every group would silently vanish. Trace with gradients on, then restore.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
+        for p in frozen:
+            p.requires_grad_(True)
         DG = tp.DependencyGraph().build_dependency(  # a tuple: TP calls model(*example_inputs) first
             region, example_inputs=(example,), customized_pruners=customized, verbose=False
         )
     finally:
+        for p in frozen:
+            p.requires_grad_(False)
         model.train(was_training)
     names = {m: adapter.display_name(n) for n, m in region.named_modules()}
     names.update({p: adapter.display_name(n) for n, p in region.named_parameters()})

@@ -1,24 +1,33 @@
 """The whole job, top to bottom: (sparse-train), prune to the target, (finetune), measure, report.
 
 Only this module writes run artifacts. Each stage's outputs are written atomically as soon as the
-stage ends, so an interrupted run keeps everything it finished.
+stage ends, and ``state.json`` records the finished stages, so an interrupted run keeps everything it
+finished and ``rtdetr-prune prune --resume RUN_DIR`` continues from the first unfinished stage (a
+finetune continues from its last epoch).
 
 Run directory layout::
 
     recipe.yaml            merged options
+    state.json             finished stages and their measurements
+    sparse/                sparse training run (sparse methods only): weights/best.pt, sparsity.csv/.png
     weights/pruned.pt      pruned model (Ultralytics checkpoint; loads with ultralytics.RTDETR)
+    weights/pruned_safe/   the same model as safetensors + JSON spec (no pickle)
     history.csv            step, params, gflops, speed_up
-    report.json            the numbers (schema in README); report.md and curve.png for people
+    finetune/              finetuning run: weights/best.pt, last.pt, results.csv
+    report.json            the numbers; report.md (the table) and curve.png for people
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 
 from rtdetr_prune import report as report_md
+from rtdetr_prune import rules
+from rtdetr_prune.check import check_model
 from rtdetr_prune.checkpoint import save_checkpoint
 from rtdetr_prune.datasets import data_batches, load_data, require_same_classes
 from rtdetr_prune.engine import PruneOptions, prune_to_target
@@ -27,31 +36,65 @@ from rtdetr_prune.evaluate import stage_metrics
 from rtdetr_prune.files import new_run_dir, write_csv, write_json
 from rtdetr_prune.methods import get_method
 from rtdetr_prune.probe import analyse
-from rtdetr_prune.recipe import Recipe, save_recipe
+from rtdetr_prune.recipe import Recipe, load_recipe, save_recipe
+from rtdetr_prune.safe_io import save_safe
 from rtdetr_prune.zoo import load_model
 
 LOG = logging.getLogger("rtdetr_prune")
 
 
-def prune(recipe: Recipe) -> dict:
-    """Run a pruning job described by ``recipe``; return the report (also written to the run directory)."""
-    method, options = get_method(recipe.method), _options(recipe)
+def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
+    """Run the job described by ``recipe`` (or continue the run in ``resume``); return the report."""
+    run_dir, recipe = _resume(resume) if resume else (None, recipe)
+    method, options = get_method(recipe.method), _options(recipe.validate())
     _require(recipe)
     data = load_data(recipe.data)
     model = load_model(recipe.model, nc=len(data["names"]))
     require_same_classes(model, data, recipe.data)
-    if method.needs_sparse_training:
-        raise UserError(f"Method '{method.name}' needs sparse training first, which this version cannot run yet; "
-                        "choose a method without it (l1, random, group_norm, lamp, group_hessian, group_taylor).")
-    if recipe.epochs > 0:
-        raise UserError("Finetuning is not available in this version yet: pass --epochs 0.")
-    run_dir = new_run_dir(recipe.project, recipe.name)
-    save_recipe(recipe, run_dir / "recipe.yaml")
-    torch.manual_seed(recipe.seed)
-    LOG.info("run directory: %s", run_dir)
-
+    rules.apply_rewrites(model)
     plan = analyse(model, recipe.round_to)
-    baseline = _measure(model, recipe, run_dir, "baseline")
+    if run_dir is None:
+        _require_reachable(model, plan, recipe)
+        run_dir = new_run_dir(recipe.project, recipe.name)
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    state = _load_state(run_dir)
+    LOG.info("run directory: %s", run_dir)
+    torch.manual_seed(recipe.seed)
+
+    if "baseline" not in state:
+        state["baseline"] = _measure(model, recipe, run_dir, "baseline")
+        _save_state(run_dir, state)
+    if method.needs_sparse_training and "sparse" not in state:
+        state["sparse"] = {"checkpoint": str(_sparse(model, method.name, recipe, run_dir))}
+        _save_state(run_dir, state)
+    if "pruned" not in state:
+        source = load_model(state["sparse"]["checkpoint"]) if "sparse" in state else model
+        state["pruned"] = _prune(source, plan, method, options, recipe, data, run_dir)
+        _save_state(run_dir, state)
+    _write_report(run_dir, method.name, recipe, state)  # a report of what is done, before the long finetune
+    if recipe.epochs > 0 and "finetuned" not in state:
+        best = _finetune(run_dir, recipe)
+        state["finetuned"] = {**_measure(load_model(best), recipe, run_dir, "finetuned"), "checkpoint": str(best)}
+        _save_state(run_dir, state)
+    report = _write_report(run_dir, method.name, recipe, state)
+    return {**report, "run_dir": str(run_dir)}
+
+
+def _sparse(model, method: str, recipe: Recipe, run_dir: Path) -> Path:
+    """Sparse-train (or take ``--sparse-model``); return the sparse checkpoint to prune."""
+    if recipe.sparse_model:
+        load_model(recipe.sparse_model)  # fail early and clearly if it is not usable
+        return Path(recipe.sparse_model)
+    from rtdetr_prune.trainer import sparse_train
+
+    start = save_checkpoint(model, run_dir / "weights" / "baseline.pt", train_args=_train_args(recipe))
+    return sparse_train(start, recipe.data, method, recipe.sparse_epochs, recipe.reg, recipe.delta_reg,
+                        recipe.reg_schedule, recipe.imgsz, recipe.batch, recipe.device, recipe.workers,
+                        run_dir, "sparse", recipe.seed, exist_ok=True)
+
+
+def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Path) -> dict:
+    """Prune to the target; write history.csv, weights/pruned.pt (and the safe copy); return the stage."""
     batches = data_batches(data, recipe.imgsz, recipe.batch, workers=0) if method.needs_gradients else None
     rows: list[dict] = []
 
@@ -60,25 +103,47 @@ def prune(recipe: Recipe) -> dict:
         write_csv(run_dir / "history.csv", rows)
 
     result = prune_to_target(model, method, options, batches, plan, on_step=on_step)
-    save_checkpoint(result.model, run_dir / "weights" / "pruned.pt",
-                    train_args={"data": recipe.data, "imgsz": recipe.imgsz},
-                    meta={"method": method.name, "speed_up": result.speed_up, "widths": result.widths})
     LOG.info(result.message)
+    meta = {"method": method.name, "speed_up": result.speed_up, "widths": result.widths}
+    save_safe(result.model, run_dir / "weights" / "pruned_safe", meta=meta)
+    save_checkpoint(result.model, run_dir / "weights" / "pruned.pt", train_args=_train_args(recipe), meta=meta)
+    return {**_measure(result.model, recipe, run_dir, "pruned"), "speed_up": round(result.speed_up, 4),
+            "steps": result.steps, "message": result.message,
+            "skipped": [{"layer": s.layer, "reason": s.reason} for s in result.skipped]}
+
+
+def _finetune(run_dir: Path, recipe: Recipe) -> Path:
+    """Finetune weights/pruned.pt at its own widths (continuing an interrupted finetune); return best.pt."""
+    from rtdetr_prune.trainer import finetune
+
+    last = run_dir / "finetune" / "weights" / "last.pt"
+    trainer = finetune(run_dir / "weights" / "pruned.pt", recipe.data, recipe.epochs, recipe.imgsz, recipe.batch,
+                       recipe.device, recipe.workers, run_dir, "finetune", recipe.seed, resume=last.is_file(),
+                       exist_ok=True)
+    return trainer.best if trainer.best.is_file() else trainer.last
+
+
+def _write_report(run_dir: Path, method: str, recipe: Recipe, state: dict) -> dict:
+    stage = lambda k: {key: v for key, v in state[k].items() if key in _STAGE_KEYS} if k in state else None  # noqa: E731
+    pruned = state.get("pruned", {})
     report = {
-        "method": method.name,
+        "method": method,
         "speed_up_target": recipe.speed_up,
-        "speed_up_achieved": round(result.speed_up, 4),
-        "steps": result.steps,
-        "message": result.message,
-        "skipped": [{"layer": s.layer, "reason": s.reason} for s in result.skipped],
-        "baseline": baseline,
-        "pruned": _measure(result.model, recipe, run_dir, "pruned"),
-        "finetuned": None,
+        "speed_up_achieved": pruned.get("speed_up"),
+        "steps": pruned.get("steps"),
+        "message": pruned.get("message"),
+        "skipped": pruned.get("skipped", []),
+        "baseline": stage("baseline"),
+        "pruned": stage("pruned"),
+        "finetuned": stage("finetuned"),
     }
     write_json(run_dir / "report.json", report)
-    report_md.write_report_md(run_dir)
-    report["run_dir"] = str(run_dir)
+    if "pruned" in state:
+        report_md.write_report_md(run_dir)
     return report
+
+
+_STAGE_KEYS = ("params", "gflops", "size_mb", "map50", "map50_95", "latency_ms")
 
 
 def _options(recipe: Recipe) -> PruneOptions:
@@ -93,6 +158,34 @@ def _require(recipe: Recipe) -> None:
             raise UserError(f"--{key} is required (or set '{key}:' in the --config recipe).")
 
 
+def _require_reachable(model, plan, recipe: Recipe) -> None:
+    reachable = check_model(model, recipe.imgsz, recipe.round_to, recipe.max_layer_ratio, plan)["max_speed_up"]
+    if recipe.speed_up > reachable:
+        raise UserError(f"--speed-up {recipe.speed_up:g} is out of reach: this model can reach at most {reachable:.2f}x "
+                        f"(round_to={recipe.round_to}, max_layer_ratio={recipe.max_layer_ratio}). Ask for less, "
+                        "or raise --max-layer-ratio.")
+
+
+def _train_args(recipe: Recipe) -> dict:
+    return {"data": recipe.data, "imgsz": recipe.imgsz}
+
+
 def _measure(model, recipe: Recipe, run_dir: Path, stage: str) -> dict:
     return stage_metrics(model, recipe.imgsz, recipe.data if recipe.val else None, recipe.batch, recipe.device,
                          recipe.workers, recipe.latency, save_dir=run_dir / "val" / stage)
+
+
+def _resume(run_dir: str | Path) -> tuple[Path, Recipe]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        raise UserError(f"'{run_dir}' is not a run directory (no recipe.yaml). Give the directory of the run to resume.")
+    return run_dir, load_recipe(run_dir / "recipe.yaml")
+
+
+def _load_state(run_dir: Path) -> dict:
+    path = run_dir / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save_state(run_dir: Path, state: dict) -> None:
+    write_json(run_dir / "state.json", state)

@@ -22,6 +22,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from rtdetr_prune import rules
 from rtdetr_prune.adapter import RTDETRAdapter
 from rtdetr_prune.graph import TRACE_IMGSZ, TracedGraph, trace
 
@@ -54,10 +55,11 @@ def analyse(model: nn.Module, unit: int = 8, imgsz: int = TRACE_IMGSZ) -> Plan:
     opaque, skipped = find_untraceable(model, imgsz)
     graph = trace(model, opaque, imgsz)
     owners = _custom_param_owners(model, graph)
+    protected = _protected_members(model)
     prunable = []
     for group in graph.all_groups():
         key = graph.key(group)
-        reason = _static_reason(graph, group, opaque, owners, unit)
+        reason = _protected_reason(graph, group, protected) or _static_reason(graph, group, opaque, owners, unit)
         if reason:
             skipped.append(Skip(key, reason))
         else:
@@ -168,6 +170,21 @@ def _static_reason(graph: TracedGraph, group, opaque, owners, unit) -> str | Non
     if width <= unit:
         return f"only {width} channels: nothing can go at round_to={unit}"
     return None
+
+
+def _protected_members(model: nn.Module) -> dict[nn.Module, str]:
+    """Every submodule of an instance of a type the user protected (rules.protect), with the reason."""
+    types = rules.protected_types()
+    members = {}
+    for name, m in model.named_modules():
+        if type(m) in types:
+            reason = f"inside {name} ({type(m).__name__}), protected by a rule: {types[type(m)]}"
+            members.update({sub: reason for sub in m.modules()})
+    return members
+
+
+def _protected_reason(graph: TracedGraph, group, protected: dict) -> str | None:
+    return next((protected[m] for m in graph.touched_modules(group) if m in protected), None)
 
 
 def _custom_param_owners(model: nn.Module, graph: TracedGraph) -> dict:

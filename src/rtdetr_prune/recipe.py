@@ -63,6 +63,46 @@ class Recipe:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "Recipe":
+        """Raise a UserError naming the first impossible value and how to fix it; return self.
+
+        The pruning options (speed-up, imgsz, step and layer ratios) are checked by ``PruneOptions``.
+        """
+        checks = [
+            (0 <= self.reg <= 1, f"--reg must be between 0 and 1 (got {self.reg}); the usual range is 1e-5 to 1e-2"),
+            (0 <= self.delta_reg <= 1, f"--delta-reg must be between 0 and 1 (got {self.delta_reg})"),
+            (self.reg_schedule in REG_SCHEDULES,
+             f"--reg-schedule must be one of {', '.join(REG_SCHEDULES)} (got '{self.reg_schedule}')"
+             f"{suggest(self.reg_schedule, REG_SCHEDULES)}"),
+            (self.epochs >= 0 and self.sparse_epochs >= 0, "--epochs and --sparse-epochs must be 0 or more"),
+            (self.batch >= 1 and self.workers >= 0, "--batch must be at least 1 and --workers 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message + ".")
+        check_device(self.device)
+        return self
+
+
+REG_SCHEDULES = ("constant", "linear", "step")
+
+
+def check_device(device: str) -> None:
+    """Accept "", "cpu", "mps", or CUDA indices ("0", "0,1") that exist on this machine."""
+    import torch
+
+    d = str(device).strip().lower()
+    if d in {"", "cpu", "mps"}:
+        return
+    ids = [x.strip() for x in d.replace("cuda:", "").split(",")]
+    if not all(x.isdigit() for x in ids):
+        raise UserError(f"--device '{device}' is not understood. Use cpu, 0, or 0,1 for GPUs 0 and 1.")
+    count = torch.cuda.device_count()
+    missing = [x for x in ids if int(x) >= count]
+    if missing:
+        have = f"GPUs 0-{count - 1}" if count else "no CUDA GPU"
+        raise UserError(f"--device {device}: this machine has {have}. Use --device cpu, or a GPU index that exists.")
+
 
 def load_recipe(path: str | Path | None, overrides: dict | None = None) -> Recipe:
     """Defaults, then the YAML at ``path`` (if any), then ``overrides`` (e.g. command-line flags)."""

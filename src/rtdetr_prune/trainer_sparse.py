@@ -12,8 +12,8 @@ their distribution in the kept checkpoint, which is Ultralytics' ``best.pt``: it
 mAP50-95 (weights 0, 0, 0, 1 for P, R, mAP50, mAP50-95 in Ultralytics 8.4), ties going to the later epoch.
 
 Example:
-    >>> trainer = SparseTrainer(overrides=train_args("pruned.pt", "data.yaml", 30, 640, 16, "0", 8, "runs", "sparse", 0),
-    ...                         sparse=SparseOptions("group_sl", reg=5e-4, schedule="linear"))
+    >>> args = train_args("pruned.pt", "data.yaml", 30, 640, 16, "0", 8, "runs", "sparse", 0)
+    >>> trainer = SparseTrainer(overrides=args, sparse=SparseOptions("group_sl", reg=5e-4, schedule="linear"))
     >>> trainer.train(); trainer.best
 """
 
@@ -29,7 +29,9 @@ from torch import nn
 from ultralytics.utils import DEFAULT_CFG, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from rtdetr_prune import rules
 from rtdetr_prune.adapter import RTDETRAdapter
+from rtdetr_prune.engine import PruneOptions
 from rtdetr_prune.errors import UserError, suggest
 from rtdetr_prune.files import atomic_path, write_csv
 from rtdetr_prune.graph import TRACE_IMGSZ, trace
@@ -55,7 +57,8 @@ class SparseOptions:
         method = get_method(self.method)
         if not method.needs_sparse_training:
             sparse = ", ".join(m.name for m in METHODS.values() if m.needs_sparse_training)
-            raise UserError(f"Method '{self.method}' prunes without sparse training; sparse-train for one of: {sparse}.")
+            raise UserError(f"Method '{self.method}' prunes without sparse training; "
+                            f"sparse-train for one of: {sparse}.")
         if self.schedule not in SCHEDULES:
             raise UserError(f"Unknown reg schedule '{self.schedule}'.{suggest(self.schedule, SCHEDULES)} "
                             f"Choose one of: {', '.join(SCHEDULES)}.")
@@ -125,18 +128,22 @@ class Sparsifier:
             self._hook = None
 
     def on_train_start(self, trainer) -> None:
+        """Attach to the model as training receives it (on its device, optimizer built)."""
         self.attach(unwrap_model(trainer.model), trainer.optimizer)
 
     def on_train_epoch_start(self, trainer) -> None:
+        """Set this epoch's penalty strength from the schedule."""
         self.scale = reg_at(self.options.schedule, 1.0, trainer.epoch, trainer.epochs)
 
     def on_train_epoch_end(self, trainer) -> None:
+        """Grow group_reg's penalty; log the sparsity of the EMA, the model that is validated and saved."""
         if hasattr(self.pruner, "update_reg"):  # growing regularization: raise the weakest channels' penalty
             self.pruner.update_reg()
         if RANK in {-1, 0}:
             self.log(trainer.epoch, _ema_or_model(trainer), trainer.save_dir / "sparsity.csv")
 
     def on_train_end(self, trainer) -> None:
+        """Plot the BatchNorm scales of the kept checkpoint (best.pt)."""
         if trainer.best.is_file():
             from ultralytics.nn.tasks import load_checkpoint
 
@@ -209,8 +216,8 @@ def build_pruner(model: nn.Module, method: Method, options: SparseOptions, imgsz
     example = torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device)
     was_training = model.training
     try:
-        pruner = method.pruner(region, example_inputs=example, importance=method.importance(),
-                               ignored_layers=ignored, pruning_ratio=0.0, **kwargs)
+        pruner = method.pruner(region, example_inputs=example, importance=method.importance(), ignored_layers=ignored,
+                               pruning_ratio=0.0, customized_pruners=rules.customized_pruners(), **kwargs)
     finally:
         model.train(was_training)  # Torch-Pruning traces in eval mode and leaves the model there
     return pruner, region, ignored
@@ -220,10 +227,12 @@ def untouchable_layers(model: nn.Module) -> list[nn.Module]:
     """Layers the penalty must leave alone: the protected ones, and every layer whose output channels
     belong to a group the pruning engine skips (shrinking channels that are never removed only costs accuracy).
 
+    Groups are judged at the default ``round_to`` (a group narrower than one unit is never pruned).
+
     Raises:
         UserError: the model has layers Torch-Pruning cannot trace (the penalty needs the whole graph).
     """
-    plan = analyse(model, unit=1)
+    plan = analyse(model, unit=PruneOptions.round_to)
     if plan.opaque_types:
         names = ", ".join(t.__name__ for t in plan.opaque_types)
         raise UserError(f"Sparse training needs a fully traceable model, but Torch-Pruning cannot trace {names}. "

@@ -1,0 +1,115 @@
+"""End to end: sparse and plain methods, finetuning, reports, compare; and runs killed at each stage resume."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rtdetr_prune.cli import main
+
+STAGES = ("params", "gflops", "size_mb", "map50", "map50_95", "latency_ms")
+
+
+def _args(data_yaml, project, name, method, *extra):
+    return ["prune", "--model", "rtdetr-tiny", "--data", data_yaml, "--method", method, "--speed-up", "1.5",
+            "--imgsz", "160", "--batch", "4", "--workers", "0", "--project", str(project), "--name", name, *extra]
+
+
+def test_sparse_and_plain_methods_end_to_end_then_compare(data_yaml, tmp_path, capsys):
+    assert main(_args(data_yaml, tmp_path, "slim", "slim", "--sparse-epochs", "1", "--epochs", "1")) == 0
+    assert main(_args(data_yaml, tmp_path, "lamp", "lamp", "--epochs", "1")) == 0
+    for name in ("slim", "lamp"):
+        run = tmp_path / name
+        report = json.loads((run / "report.json").read_text())
+        for stage in ("baseline", "pruned", "finetuned"):
+            assert set(report[stage]) == set(STAGES) and report[stage]["map50"] is not None, (name, stage)
+        assert report["pruned"]["params"] == report["finetuned"]["params"], "finetuning kept the pruned widths"
+        for f in ("report.md", "curve.png", "recipe.yaml", "history.csv", "weights/pruned.pt"):
+            assert (run / f).is_file(), (name, f)
+    assert (tmp_path / "slim" / "sparse" / "sparsity.csv").is_file()
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "slim"), str(tmp_path / "lamp"), "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "slim" in table and "lamp" in table
+    assert (tmp_path / "compare.csv").read_text().count("\n") >= 3  # header, baseline, two runs
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "rtdetr_prune", *args]
+
+
+def _kill_when(cmd, ready, timeout=240) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true (a real crash: no cleanup runs)."""
+    env = {**os.environ, "RTDETR_PRUNE_QUIET": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before the kill point"
+            assert time.time() < deadline, "kill point never reached"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _csv_rows(path: Path) -> int:
+    return max(0, len(path.read_text().strip().splitlines()) - 1) if path.is_file() else 0
+
+
+def _resume_and_check(run: Path) -> dict:
+    subprocess.run(_cli("prune", "--resume", str(run)), check=True, env={**os.environ, "RTDETR_PRUNE_QUIET": "1"},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    report = json.loads((run / "report.json").read_text())
+    assert report["finetuned"] is not None and report["finetuned"]["params"] == report["pruned"]["params"]
+    assert not list(run.rglob(".*.tmp")), "no half-written files"
+    return report
+
+
+def test_killed_during_pruning_steps_resumes(data_yaml, tmp_path):
+    run = tmp_path / "run"
+    cmd = _cli(*_args(data_yaml, tmp_path, "run", "l1", "--epochs", "1", "--step-ratio", "0.02", "--speed-up", "2"))
+    _kill_when(cmd, lambda: _csv_rows(run / "history.csv") >= 3)
+    assert not (run / "weights" / "pruned.pt").exists()
+    assert _csv_rows(run / "history.csv") >= 3  # the steps done so far are on disk, complete rows
+    report = _resume_and_check(run)
+    assert 2.0 <= report["speed_up_achieved"] <= 2.06
+
+
+def test_killed_during_finetune_resumes_at_its_epoch(data_yaml, tmp_path):
+    run = tmp_path / "run"
+    cmd = _cli(*_args(data_yaml, tmp_path, "run", "lamp", "--epochs", "3"))
+    results = run / "finetune" / "results.csv"
+    _kill_when(cmd, lambda: _csv_rows(results) >= 1 and (run / "finetune" / "weights" / "last.pt").is_file())
+    pruned = _sha(run / "weights" / "pruned.pt")
+    epochs_done = _csv_rows(results)
+    _resume_and_check(run)
+    assert _sha(run / "weights" / "pruned.pt") == pruned, "a finished stage is never redone"
+    epochs = [int(float(line.split(",")[0])) for line in results.read_text().strip().splitlines()[1:]]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3 and len(epochs) == 3, epochs  # continued, not restarted
+    assert epochs_done >= 1
+
+
+def test_killed_during_sparse_training_resumes(data_yaml, tmp_path):
+    run = tmp_path / "run"
+    cmd = _cli(*_args(data_yaml, tmp_path, "run", "group_slim", "--sparse-epochs", "2", "--epochs", "1"))
+    _kill_when(cmd, lambda: (run / "sparse").is_dir() and (run / "state.json").is_file())
+    state = json.loads((run / "state.json").read_text())
+    assert "baseline" in state and "sparse" not in state
+    report = _resume_and_check(run)
+    assert report["baseline"] == state["baseline"], "the finished baseline stage is kept as it was"
+
+
+def test_resume_rejects_a_non_run_directory(tmp_path, capsys):
+    assert main(["prune", "--resume", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
