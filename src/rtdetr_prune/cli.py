@@ -116,6 +116,36 @@ def _parser() -> argparse.ArgumentParser:
     dc.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     dc.set_defaults(func=_cmd_data_convert)
 
+    b = sub.add_parser("bench", parents=[common], help="latency per image of models, timed side by side")
+    b.add_argument("--model", action="append", required=True, help="a model (repeat: the first is the reference)")
+    b.add_argument("--batch", type=int, default=8)
+    b.add_argument("--imgsz", type=int, default=640)
+    b.add_argument("--backend", default="torch", help="torch | onnxruntime")
+    b.add_argument("--device", default="cpu", help='"cpu" or "cuda" / "cuda:0"')
+    b.add_argument("--half", action="store_true", help="fp16 (CUDA only)")
+    b.add_argument("--repeats", type=int, default=10, help="timed rounds (models interleaved in each round)")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser("train", parents=[common], help="train a baseline (zoo name or RT-DETR .yaml) from scratch")
+    t.add_argument("--model", required=True, help="zoo name (rtdetr-r18...) or RT-DETR .yaml")
+    t.add_argument("--data", required=True)
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--imgsz", type=int, default=640)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--device", default="")
+    t.add_argument("--workers", type=int, default=2)
+    t.add_argument("--project", default="runs/train")
+    t.add_argument("--name", default="exp")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_train)
+
+    m = sub.add_parser("demo", parents=[common], help="the whole pipeline on built-in synthetic data")
+    m.add_argument("--project", default="runs/demo")
+    m.add_argument("--epochs", type=int, default=10, help="finetune epochs (default 10)")
+    m.set_defaults(func=_cmd_demo)
+
     k = sub.add_parser("compare", parents=[common], help="merge pruning runs into one table (markdown + CSV)")
     k.add_argument("runs", nargs="+", help="run directories")
     k.add_argument("--out", default=None, help="where to write compare.md and compare.csv (default: here)")
@@ -196,6 +226,43 @@ def _cmd_data_convert(args) -> int:
             raise UserError(f"--opt takes KEY=VALUE (got '{item}'), e.g. --opt box=vbox.")
         opts[key] = {"true": True, "false": False}.get(value.lower(), value)
     print(convert_dataset(args.fmt, args.src, args.dst, overwrite=args.overwrite, **opts))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from rtdetr_prune.bench import bench, format_bench
+
+    _check_imgsz(args.imgsz)
+    result = bench(args.model, batch=args.batch, imgsz=args.imgsz, backend=args.backend, device=args.device,
+                   half=args.half, warmup=args.warmup, repeats=args.repeats)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from rtdetr_prune.datasets import load_data
+    from rtdetr_prune.recipe import check_device
+    from rtdetr_prune.trainer import train_baseline
+
+    _check_imgsz(args.imgsz)
+    check_device(args.device)
+    load_data(args.data)
+    trainer = train_baseline(args.model, args.data, args.epochs, args.imgsz, args.batch, args.device, args.workers,
+                             args.project, args.name, args.seed)
+    print(f"trained: {trainer.best if trainer.best.is_file() else trainer.last}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    import time
+
+    from rtdetr_prune.demo import run_demo
+    from rtdetr_prune.report import stage_table
+
+    start = time.time()
+    report = run_demo(args.project, epochs=args.epochs)
+    print(stage_table(report))
+    print(f"\nrun directory: {report['run_dir']}  (wall time {time.time() - start:.0f} s)")
     return 0
 
 

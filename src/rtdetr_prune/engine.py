@@ -125,6 +125,9 @@ def prune_to_target(
         bar.set_postfix(speed_up=f"{speed:.3f}x")
         if speed >= options.speed_up:
             message = f"reached {speed:.3f}x (target {options.speed_up:g}x) in {step} steps"
+            if speed > options.speed_up * (1 + options.tolerance):
+                message += (f", past the {options.tolerance:.0%} window: no smaller set of {unit}-channel units "
+                            "lands inside it for this model (a smaller --round-to gives finer steps)")
             break
     else:
         message = f"stopped at max_steps={options.max_steps} at {speed:.3f}x, short of the {options.speed_up:g}x target"
