@@ -48,3 +48,33 @@ def test_prune_rejects_class_count_mismatch(data_yaml, tmp_path, capsys):
     code = main(["prune", "--model", str(wrong), "--data", data_yaml, "--epochs", "0", "--project", str(tmp_path)])
     assert code == 2 and "5 classes" in capsys.readouterr().err
     assert not (tmp_path / "exp").exists(), "nothing written for a rejected run"
+
+
+def test_python_api_and_safe_format(data_yaml, tmp_path, capsys):
+    import rtdetr_prune
+
+    report = rtdetr_prune.prune(model="rtdetr-tiny", data=data_yaml, method="l1", speed_up=1.4, epochs=0, imgsz=160,
+                                batch=4, workers=0, latency=False, project=str(tmp_path), name="api")
+    assert 1.4 <= report["speed_up_achieved"] <= 1.4 * 1.03 and report["pruned"]["latency_ms"] is None
+    safe = tmp_path / "api" / "weights" / "pruned_safe"
+    assert (safe / "model.json").is_file() and (safe / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["val", "--model", str(safe), "--data", data_yaml, "--imgsz", "160", "--workers", "0"]) == 0
+    assert f"{report['pruned']['map50']:.4f}" in capsys.readouterr().out  # the safe copy scores like the .pt
+
+
+def test_same_seed_same_pruned_channels(data_yaml, tmp_path):
+    import rtdetr_prune
+    from rtdetr_prune.zoo import load_model
+
+    from rtdetr_prune.checkpoint import save_checkpoint
+
+    start = save_checkpoint(load_model("rtdetr-tiny", nc=3), tmp_path / "start.pt")
+    states = []
+    for name in ("a", "b"):
+        rtdetr_prune.prune(model=str(start), data=data_yaml, method="group_taylor", speed_up=1.4, epochs=0,
+                           imgsz=160, batch=4, workers=0, grad_batches=2, latency=False, val=False, seed=7,
+                           project=str(tmp_path), name=name)
+        states.append(load_model(tmp_path / name / "weights" / "pruned.pt").state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -13,7 +13,7 @@ import pytest
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.report import (compare_runs, plot_curve, stage_table, write_compare,
                                  write_report_md)
-from rtdetr_prune.report_io import atomic_write, atomic_write_text
+from rtdetr_prune.files import atomic_path, write_text
 from rtdetr_prune.report_table import map_delta
 
 # VisDrone2019 RT-DETR-R18 baseline and "LAMP exp1" from the seed README (latency 0.00305 s and
@@ -207,13 +207,10 @@ def test_write_compare_writes_both_files(tmp_path):
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "report.md"
-    atomic_write_text(target, "old\n")
+    write_text(target, "old\n")
 
-    def half_then_fail(tmp):
+    with pytest.raises(OSError, match="disk full"), atomic_path(target) as tmp:
         Path(tmp).write_text("ne")
         raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(target, half_then_fail)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]

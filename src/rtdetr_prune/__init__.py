@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from rtdetr_prune.zoo import load_model, zoo_names  # noqa: E402  (registers the backbones)
+from rtdetr_prune import rewrites  # noqa: E402, F401  (registers the built-in rewrites, e.g. C2f's chunk)
 
 __version__ = "0.1.0"
 __all__ = ["load_model", "prune", "zoo_names"]

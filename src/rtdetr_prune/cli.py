@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", parents=[common], help="the whole pipeline on built-in synthetic data")
     m.add_argument("--project", default="runs/demo")
-    m.add_argument("--epochs", type=int, default=10, help="finetune epochs (default 10)")
+    m.add_argument("--epochs", type=int, default=30, help="finetune epochs (default 30)")
     m.set_defaults(func=_cmd_demo)
 
     k = sub.add_parser("compare", parents=[common], help="merge pruning runs into one table (markdown + CSV)")

@@ -14,7 +14,7 @@ ASSET = Path(__file__).parent / "assets" / "demo-tiny"  # made by scripts/make_d
 DEMO_DATA = {"images": 96, "imgsz": 160, "seed": 0}  # the data the shipped checkpoint was trained on
 
 
-def run_demo(project: str | Path = "runs/demo", epochs: int = 10, method: str = "lamp", speed_up: float = 1.5) -> dict:
+def run_demo(project: str | Path = "runs/demo", epochs: int = 30, method: str = "lamp", speed_up: float = 1.5) -> dict:
     """Run the demo; return the report (its run directory is under ``"run_dir"``)."""
     from rtdetr_prune.pipeline import prune
     from rtdetr_prune.recipe import Recipe

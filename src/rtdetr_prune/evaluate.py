@@ -38,11 +38,11 @@ def stage_metrics(model: nn.Module, imgsz: int, data_yaml: str | None = None, ba
         m50, m5095 = val_map(model, data_yaml, imgsz, batch, device, workers, save_dir)
         row.update(map50=round(m50, 4), map50_95=round(m5095, 4))
     if latency:
-        row["latency_ms"] = round(metrics.latency_ms(model, imgsz, batch=8, device=_torch_device(device)), 3)
+        row["latency_ms"] = round(metrics.latency_ms(model, imgsz, batch=8, device=torch_device(device)), 3)
     return row
 
 
-def _torch_device(device: str) -> str:
+def torch_device(device: str) -> str:
     """Our device strings ("", "cpu", "0", "0,1") as one torch device for timing."""
     d = (device or "").split(",")[0].strip()
     if d in {"", "cpu"}:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rtdetr_prune import report as report_md
-from rtdetr_prune import rules
+from rtdetr_prune import evaluate, rules
 from rtdetr_prune.check import check_model
 from rtdetr_prune.checkpoint import save_checkpoint
 from rtdetr_prune.datasets import data_batches, load_data, require_same_classes
@@ -46,6 +46,7 @@ LOG = logging.getLogger("rtdetr_prune")
 def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     """Run the job described by ``recipe`` (or continue the run in ``resume``); return the report."""
     run_dir, recipe = _resume(resume) if resume else (None, recipe)
+    torch.manual_seed(recipe.seed)  # first: a zoo name builds a randomly initialized model
     method, options = get_method(recipe.method), _options(recipe.validate())
     _require(recipe)
     data = load_data(recipe.data)
@@ -59,7 +60,6 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
         save_recipe(recipe, run_dir / "recipe.yaml")
     state = _load_state(run_dir)
     LOG.info("run directory: %s", run_dir)
-    torch.manual_seed(recipe.seed)
 
     if "baseline" not in state:
         state["baseline"] = _measure(model, recipe, run_dir, "baseline")
@@ -75,6 +75,9 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     if recipe.epochs > 0 and "finetuned" not in state:
         best = _finetune(run_dir, recipe)
         state["finetuned"] = {**_measure(load_model(best), recipe, run_dir, "finetuned"), "checkpoint": str(best)}
+        _save_state(run_dir, state)
+    if recipe.latency and "latency" not in state:
+        state["latency"] = _latencies(model, run_dir, recipe, state)
         _save_state(run_dir, state)
     report = _write_report(run_dir, method.name, recipe, state)
     return {**report, "run_dir": str(run_dir)}
@@ -123,8 +126,22 @@ def _finetune(run_dir: Path, recipe: Recipe) -> Path:
     return trainer.best if trainer.best.is_file() else trainer.last
 
 
+def _latencies(baseline, run_dir: Path, recipe: Recipe, state: dict) -> dict:
+    """Batch-8 latency (ms/img) of every finished stage, timed side by side (interleaved) in one run, so
+    the ratios between stages hold even when the machine's speed drifts."""
+    from rtdetr_prune.bench import bench
+
+    models = {"baseline": baseline, "pruned": load_model(run_dir / "weights" / "pruned.pt")}
+    if "finetuned" in state:
+        models["finetuned"] = load_model(state["finetuned"]["checkpoint"])
+    result = bench(models, batch=8, imgsz=recipe.imgsz, device=evaluate.torch_device(recipe.device))
+    return {row["model"]: round(row["latency_ms"], 3) for row in result["rows"]}
+
+
 def _write_report(run_dir: Path, method: str, recipe: Recipe, state: dict) -> dict:
-    stage = lambda k: {key: v for key, v in state[k].items() if key in _STAGE_KEYS} if k in state else None  # noqa: E731
+    latency = state.get("latency", {})
+    stage = lambda k: {**{key: v for key, v in state[k].items() if key in _STAGE_KEYS},  # noqa: E731
+                       "latency_ms": latency.get(k)} if k in state else None
     pruned = state.get("pruned", {})
     report = {
         "method": method,
@@ -172,7 +189,7 @@ def _train_args(recipe: Recipe) -> dict:
 
 def _measure(model, recipe: Recipe, run_dir: Path, stage: str) -> dict:
     return stage_metrics(model, recipe.imgsz, recipe.data if recipe.val else None, recipe.batch, recipe.device,
-                         recipe.workers, recipe.latency, save_dir=run_dir / "val" / stage)
+                         recipe.workers, latency=False, save_dir=run_dir / "val" / stage)
 
 
 def _resume(run_dir: str | Path) -> tuple[Path, Recipe]:

@@ -3,10 +3,15 @@
 Three checks, cheapest first:
 1. Tracing: if Torch-Pruning cannot trace the region, find the module types responsible (by
    making types opaque and releasing them one at a time) and keep those modules whole.
-2. Static rules: groups coupled to an opaque module, to a custom module's raw parameters, or
+2. Static rules: groups touching a type protected by a rule (:mod:`rtdetr_prune.rules`), coupled to
+   an opaque module, to a custom module's raw parameters or to a grouped (not depthwise) conv, or
    vetoed by the RT-DETR adapter (AIFI's embedding width); groups too narrow to lose a unit.
-3. A trial: on a copy, remove one channel unit from every remaining group and run the model;
-   if it breaks, bisect to the groups that break it.
+3. A zeroed-channel trial: on a float64 copy, zero one unit of channels in every remaining group,
+   then remove exactly those channels. Removing channels that carry zeros must leave every output
+   unchanged and the model must still run; if not, bisect to the groups at fault. This catches
+   groups Torch-Pruning prunes *wrongly* without crashing (a chunk, heads of an attention).
+
+Every skip carries a ``kind`` (one of :data:`KINDS`) so that ``check`` can say what to do about it.
 
 Example:
     >>> plan = analyse(load_model("rtdetr-tiny"), unit=8)
@@ -15,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -33,6 +39,22 @@ class Skip:
 
     layer: str
     reason: str
+    kind: str = "other"  # one of KINDS: what caused it, so that `check` can advise
+
+
+KINDS = {
+    "untraceable": "Torch-Pruning cannot trace the module",
+    "coupled": "coupled to a module that cannot be traced",
+    "custom-params": "coupled to a custom module's own parameters",
+    "rule": "protected by a rule",
+    "grouped-conv": "reaches a grouped convolution",
+    "rtdetr": "kept by RT-DETR's design",
+    "narrow": "too narrow to lose a unit",
+    "breaks": "removing channels breaks the forward pass",
+    "changes-outputs": "removing channels changes the kept channels' outputs",
+}
+TRIAL_TOLERANCE = 1e-6  # relative output change allowed in the float64 trial: exact removals give ~1e-15,
+#                        wrong ones (a mis-mapped chunk, mixed heads) 1e-3 and more
 
 
 @dataclass
@@ -59,13 +81,13 @@ def analyse(model: nn.Module, unit: int = 8, imgsz: int = TRACE_IMGSZ) -> Plan:
     prunable = []
     for group in graph.all_groups():
         key = graph.key(group)
-        reason = _protected_reason(graph, group, protected) or _static_reason(graph, group, opaque, owners, unit)
-        if reason:
-            skipped.append(Skip(key, reason))
+        skip = _protected_reason(graph, group, protected) or _static_reason(graph, group, opaque, owners, unit)
+        if skip:
+            skipped.append(Skip(key, *skip))
         else:
             prunable.append(key)
     broken = _bisect_failures(model, opaque, prunable, unit, imgsz)
-    skipped += [Skip(k, f"removing its channels breaks the forward pass: {msg}") for k, msg in broken.items()]
+    skipped += [Skip(k, *_trial_reason(msg)) for k, msg in broken.items()]
     prunable = [k for k in prunable if k not in broken]
     return Plan(prunable, skipped, opaque)
 
@@ -87,7 +109,7 @@ def find_untraceable(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tuple[tuple[
     opaque = single or _grow_then_shrink(model, candidates, imgsz)
     skips = [
         Skip(f"model.{name}", f"Torch-Pruning cannot trace {type(m).__name__} ({error}); it and every group "
-             "coupled to it are kept whole. Register a pruning rule for it, or rewrite it")
+             "coupled to it are kept whole", "untraceable")
         for name, m in region_modules
         if isinstance(m, opaque) and name
     ]
@@ -127,7 +149,8 @@ def _candidate_types(named_modules, tensor_types: set[type]) -> list[type]:
     seen: list[type] = []
     for name, m in named_modules:
         t = type(m)
-        if name and t in tensor_types and t not in seen and not issubclass(t, leaf_types):
+        ruled = t in rules.customized_pruners()  # the user's pruner already makes it a leaf
+        if name and t in tensor_types and t not in seen and not issubclass(t, leaf_types) and not ruled:
             seen.append(t)
     return sorted(seen, key=lambda t: not _is_custom(t))  # users' own types first (stable sort)
 
@@ -153,23 +176,36 @@ def _tensor_output_types(model: nn.Module, imgsz: int) -> set[type]:
     return {t for t, good in ok.items() if good}
 
 
-def _static_reason(graph: TracedGraph, group, opaque, owners, unit) -> str | None:
+def _static_reason(graph: TracedGraph, group, opaque, owners, unit) -> tuple[str, str] | None:
+    """(reason, kind) when a group can be ruled out without trying it."""
     touched = graph.touched_modules(group)
     for m in touched:
         if isinstance(m, opaque):
-            return f"coupled to {graph.names.get(m, '?')} ({type(m).__name__}), which cannot be traced"
+            return (f"coupled to {graph.names.get(m, '?')} ({type(m).__name__}), which cannot be traced", "coupled")
     for m in touched:
         if isinstance(m, nn.Parameter) and m in owners:
             name, owner = owners[m]
-            return (f"coupled to custom module {name} ({type(owner).__name__}), which holds its own parameters; "
-                    "register a pruning rule for it")
+            return (f"coupled to custom module {name} ({type(owner).__name__}), which holds its own parameters "
+                    "that Torch-Pruning does not know how to slice", "custom-params")
+    for m in touched:
+        if _is_grouped(m):
+            return (f"reaches {graph.names.get(m, '?')}, a grouped convolution ({m.in_channels} in, "
+                    f"{m.out_channels} out, groups={m.groups}; only one-to-one depthwise convs are handled): removing "
+                    "channels would have to keep every group the same size, which Torch-Pruning does not do",
+                    "grouped-conv")
     veto = graph.adapter.group_veto(graph.out_modules(group))
     if veto:
-        return veto
+        return veto, "rtdetr"
     width = graph.root_width(group)
     if width <= unit:
-        return f"only {width} channels: nothing can go at round_to={unit}"
+        return f"only {width} channels: nothing can go at round_to={unit}", "narrow"
     return None
+
+
+def _is_grouped(m) -> bool:
+    """A conv with groups that are neither one nor one channel each (depthwise)."""
+    return (isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1
+            and not m.groups == m.in_channels == m.out_channels)
 
 
 def _protected_members(model: nn.Module) -> dict[nn.Module, str]:
@@ -183,15 +219,20 @@ def _protected_members(model: nn.Module) -> dict[nn.Module, str]:
     return members
 
 
-def _protected_reason(graph: TracedGraph, group, protected: dict) -> str | None:
-    return next((protected[m] for m in graph.touched_modules(group) if m in protected), None)
+def _protected_reason(graph: TracedGraph, group, protected: dict) -> tuple[str, str] | None:
+    reason = next((protected[m] for m in graph.touched_modules(group) if m in protected), None)
+    return (reason, "rule") if reason else None
 
 
 def _custom_param_owners(model: nn.Module, graph: TracedGraph) -> dict:
-    """Raw parameters of modules outside torch/ultralytics/rtdetr_prune -> (name, module)."""
+    """Raw parameters of modules outside torch/ultralytics/rtdetr_prune -> (name, module).
+
+    Modules with a prune rule, and everything inside them, are left out: their pruner slices them.
+    """
+    ruled = {sub for m in model.modules() if type(m) in rules.customized_pruners() for sub in m.modules()}
     owners = {}
     for name, m in model.named_modules():
-        if not _is_custom(type(m)):
+        if not _is_custom(type(m)) or m in ruled:
             continue
         for p in m._parameters.values():
             if p is not None:
@@ -200,7 +241,7 @@ def _custom_param_owners(model: nn.Module, graph: TracedGraph) -> dict:
 
 
 def _bisect_failures(model, opaque, keys: list[str], unit: int, imgsz: int) -> dict[str, str]:
-    """Groups whose trial removal breaks the model, with the error; assumes failures are per group."""
+    """Groups whose trial removal fails, with what went wrong; assumes failures are per group."""
     error = _trial(model, opaque, keys, unit, imgsz)
     if error is None:
         return {}
@@ -211,20 +252,103 @@ def _bisect_failures(model, opaque, keys: list[str], unit: int, imgsz: int) -> d
             **_bisect_failures(model, opaque, keys[mid:], unit, imgsz)}
 
 
+_CHANGES = "changes outputs"
+
+
+def _trial_reason(error: str) -> tuple[str, str]:
+    if error.startswith(_CHANGES):
+        return (f"removing its channels changes what the remaining channels compute ({error}): Torch-Pruning "
+                "misreads how the block uses them, typically a chunk or split of one layer's output, a reshape "
+                "into attention heads, or a scale computed from the width", "changes-outputs")
+    return f"removing its channels breaks the forward pass: {error}", "breaks"
+
+
 def _trial(model, opaque, keys, unit, imgsz) -> str | None:
-    """Remove the first ``unit`` channels of each group on a copy and run it; the error, if any."""
+    """On a float64 copy, zero the first ``unit`` channels of each group, then remove exactly them.
+
+    The kept outputs must not change and the model must still run (eval and train). Returns what
+    went wrong, or None. BatchNorm statistics are first fitted to a random batch, so that a randomly
+    initialized model's activations are not too small to show a difference.
+    """
     if not keys:
         return None
     m = copy.deepcopy(model)
+    x = torch.randn(2, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    x = x.to(next(m.parameters()).device)
     try:
-        trace(m, opaque, imgsz).prune({k: list(range(unit)) for k in keys})
-        x = torch.zeros(1, 3, imgsz, imgsz, device=next(m.parameters()).device)
+        graph = trace(m, opaque, imgsz)
+        idxs = {k: list(range(unit)) for k in keys}
+        region = graph.adapter.region()
+        _fit_batchnorm(region, x)
+        region.double().eval()
+        x = x.double()
         with torch.no_grad():
+            with _zeroed(graph, idxs):
+                expected = region(x)
+            graph.prune(idxs)
+            got = region(x)
             m.eval()(x)
             m.train()(x)
     except Exception as e:  # noqa: BLE001 - the failure is the finding
         return _first_line(e)
-    return None
+    change = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in zip(expected, got))
+    return f"{_CHANGES} by up to {change:.1e} of their size" if change > TRIAL_TOLERANCE else None
+
+
+def _fit_batchnorm(region: nn.Module, x: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of ``x`` (one train-mode forward, no updates else)."""
+    for bn in region.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average: after one batch, exactly its statistics
+    with torch.no_grad():
+        region.train()(x)
+
+
+_CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.Embedding)
+
+
+@contextlib.contextmanager
+def _zeroed(graph: TracedGraph, key_to_idxs: dict[str, list[int]]):
+    """Within the block, the given channels of each group read and write zeros.
+
+    Every module whose outputs the group removes has those output channels zeroed; every module
+    whose inputs it removes sees them as zeros (channel dim 1; last for Linear-like modules).
+    """
+    modules = set(graph.adapter.model.modules())
+    sides: dict[tuple[nn.Module, bool], set[int]] = {}
+    by_key = {graph.key(g): g for g in graph.all_groups()}
+    for key, idxs in key_to_idxs.items():
+        root = by_key[key][0].dep
+        for dep, dep_idxs in graph.DG.get_pruning_group(root.target.module, root.handler, idxs):
+            m = dep.target.module
+            if m in modules:
+                out = graph.DG.is_out_channel_pruning_fn(dep.handler)
+                sides.setdefault((m, out), set()).update(int(i) for i in dep_idxs)
+    handles = []
+    for (m, out), idxs in sides.items():
+        idxs = sorted(idxs)
+        if out:
+            handles.append(m.register_forward_hook(lambda mod, args, y, i=idxs: _zero(y, i, mod)))
+        else:
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, args, i=idxs: (_zero(args[0], i, mod), *args[1:]) if args else None))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _zero(t, idxs: list[int], m: nn.Module):
+    if not isinstance(t, torch.Tensor) or t.dim() < 2:
+        return t
+    t = t.clone()
+    if isinstance(m, _CHANNELS_LAST):
+        t[..., idxs] = 0
+    else:
+        t[:, idxs] = 0
+    return t
 
 
 def _first_line(e: BaseException) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtdetr_prune.report_compare import compare_runs, write_compare
-from rtdetr_prune.report_io import atomic_write_text, load_report, validate_report
+from rtdetr_prune.files import write_text
+from rtdetr_prune.report_io import load_report, validate_report
 from rtdetr_prune.report_plot import plot_curve, read_history
 from rtdetr_prune.report_table import escape_cell, stage_table
 
@@ -86,4 +87,4 @@ def write_report_md(run_dir) -> Path:
         plot_curve(run_dir / "history.csv", run_dir / "curve.png",
                    title=f"Pruning curve: {report['method']} ({run_dir.name})")
         curve = "curve.png"
-    return atomic_write_text(run_dir / "report.md", report_markdown(report, curve))
+    return write_text(run_dir / "report.md", report_markdown(report, curve))

@@ -11,7 +11,8 @@ import io
 from pathlib import Path
 
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.report_io import atomic_write_text, load_report
+from rtdetr_prune.files import write_text
+from rtdetr_prune.report_io import load_report
 from rtdetr_prune.report_table import (MISSING, map_delta, markdown_table, percent_of,
                                        stage_cells)
 
@@ -137,6 +138,6 @@ def write_compare(run_dirs, out_dir=None) -> str:
     """
     markdown, csv_text = compare_runs(run_dirs)
     out = Path(out_dir) if out_dir is not None else Path.cwd()
-    atomic_write_text(out / "compare.md", markdown + "\n")
-    atomic_write_text(out / "compare.csv", csv_text)
+    write_text(out / "compare.md", markdown + "\n")
+    write_text(out / "compare.csv", csv_text)
     return markdown

@@ -9,10 +9,7 @@ never sees half of it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 from rtdetr_prune.errors import UserError
 
@@ -98,33 +95,3 @@ def load_report(run_dir) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e}). Rerun the prune step to regenerate it.") from e
     return validate_report(report, source=str(path))
-
-
-def atomic_write(path, write: Callable[[str], None]) -> Path:
-    """Create ``path`` through a temp file in the same directory, then rename it into place.
-
-    Readers see either the old file or the complete new one, never a partial write.
-
-    Args:
-        path: Destination file.
-        write: Called with the temp file's path; must write the whole content there.
-
-    Returns:
-        ``path`` as a Path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    """Write ``text`` (UTF-8, ``\\n`` line ends) to ``path`` atomically; see ``atomic_write``."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", newline=""))

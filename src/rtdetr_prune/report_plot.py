@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.report_io import atomic_write
+from rtdetr_prune.files import atomic_path
 
 HISTORY_COLUMNS = ("step", "params", "gflops", "speed_up")
 
@@ -98,4 +98,6 @@ def plot_curve(history_csv, out_png, title: str = "Pruning curve") -> Path:
     bottom.grid(True, alpha=0.3)
 
     fig.suptitle(title)
-    return atomic_write(out_png, lambda tmp: fig.savefig(tmp, format="png"))
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(out_png)

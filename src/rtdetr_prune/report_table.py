@@ -56,7 +56,7 @@ def stage_cells(stage: dict, base: dict | None = None) -> list[str]:
         ...              "map50_95": 0.219, "latency_ms": 3.05})
         ['13,458,528 (67.7%)', '36.6 (64.2%)', '-', '0.356 (-0.021)', '-', '2.47 (81.0%)']
     """
-    formats = {"params": lambda v: f"{int(round(v)):,}", "gflops": lambda v: f"{v:.1f}",
+    formats = {"params": lambda v: f"{int(round(v)):,}", "gflops": _gflops_cell,
                "size_mb": lambda v: f"{v:.1f}", "map50": lambda v: f"{v:.3f}",
                "map50_95": lambda v: f"{v:.3f}", "latency_ms": lambda v: f"{v:.2f}"}
     cells = []
@@ -124,3 +124,8 @@ def stage_table(report: dict) -> str:
         if report.get(key) is not None:
             rows.append([label] + stage_cells(report[key], None if key == "baseline" else base))
     return caption(report) + "\n\n" + markdown_table(HEADER, rows)
+
+
+def _gflops_cell(v: float) -> str:
+    """One decimal as papers print GFLOPs (57.0); more for small models, so 0.138 does not print as 0.1."""
+    return f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:.3f}"

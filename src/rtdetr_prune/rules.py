@@ -1,25 +1,32 @@
 """Teach the toolkit about module types it does not know, without touching its source.
 
-Three kinds of rule, registered per module class:
+Three kinds of rule, registered per module class (exact class: a subclass needs its own rule):
 - ``protect(cls, reason)``: keep every channel group that touches an instance whole, with a reason;
-- ``prune_rule(cls, pruner)``: a Torch-Pruning layer pruner (``tp.pruner.BasePruningFunc``) saying
-  how the module's input and output channels are removed; the module is then a leaf for tracing;
+- ``prune_rule(cls, pruner)``: a Torch-Pruning layer pruner (a ``tp.pruner.BasePruningFunc`` instance)
+  saying how the module's input and output channels are removed; the module is then one leaf for
+  tracing (Torch-Pruning does not look inside it);
 - ``rewrite(cls, fn)``: replace each instance, before pruning, by ``fn(module)``, a prunable module
-  with identical outputs (for example a ``chunk`` into two convolutions).
+  with identical outputs (for example a ``chunk`` of one conv's output into two convs).
 
 Rules can live in the user's own file, loaded with ``load_plugin`` (CLI: ``--plugin my_modules.py``).
+The toolkit registers its own rewrites for Ultralytics blocks (:mod:`rtdetr_prune.rewrites`) the
+same way; ``unregister`` removes any rule, built-in or not. ``scoped()`` undoes every registration
+made inside it (tests, trying a rule out). See docs/custom-structures.md.
 
 Example:
     >>> from rtdetr_prune import rules
-    >>> rules.protect(MyAttention, "head-coupled width; rewrite it with separate q/k/v convs to prune it")
+    >>> rules.protect(MyAttention, "head-coupled width; rewrite it with per-head q/k/v convs to prune it")
+    >>> with rules.scoped():
+    ...     rules.prune_rule(MyScale, MyScalePruner())  # registered only inside the block
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from torch import nn
 
@@ -28,21 +35,62 @@ from rtdetr_prune.errors import UserError
 _PROTECTED: dict[type, str] = {}
 _PRUNERS: dict[type, object] = {}
 _REWRITES: dict[type, Callable[[nn.Module], nn.Module]] = {}
+REWRITTEN_FROM = "_rtdetr_prune_rewritten_from"  # attribute set on each module a rewrite produced
 
 
 def protect(cls: type, reason: str) -> None:
-    """Never prune the channels of ``cls`` instances (nor anything coupled to them)."""
-    _PROTECTED[cls] = reason
+    """Never prune the channels of ``cls`` instances (nor anything coupled to them); ``check`` shows ``reason``."""
+    _require_module_class(cls, "protect")
+    if not isinstance(reason, str) or not reason.strip():
+        raise UserError(f"protect({cls.__name__}, reason): give the reason in words; `check` shows it to users.")
+    _PROTECTED[cls] = reason.strip()
 
 
 def prune_rule(cls: type, pruner) -> None:
-    """Prune ``cls`` instances with a Torch-Pruning layer pruner (``BasePruningFunc`` instance)."""
+    """Prune ``cls`` instances with a Torch-Pruning layer pruner (an instance of a ``BasePruningFunc`` subclass).
+
+    The pruner's ``prune_out_channels(layer, idxs)`` and ``prune_in_channels(layer, idxs)`` remove
+    channels from the module in place and return it; ``get_out_channels``/``get_in_channels`` give
+    its widths. Set ``prune_in_channels = prune_out_channels`` in the class when input and output
+    channels are the same channels (a residual block): Torch-Pruning then couples them.
+    """
+    import torch_pruning as tp
+
+    _require_module_class(cls, "prune_rule")
+    if isinstance(pruner, type):
+        raise UserError(f"prune_rule({cls.__name__}, {pruner.__name__}): pass an instance, "
+                        f"{pruner.__name__}(), not the class.")
+    if not isinstance(pruner, tp.pruner.BasePruningFunc):
+        raise UserError(f"prune_rule({cls.__name__}, ...): the pruner must subclass "
+                        f"torch_pruning.pruner.BasePruningFunc (got {type(pruner).__name__}).")
     _PRUNERS[cls] = pruner
 
 
 def rewrite(cls: type, fn: Callable[[nn.Module], nn.Module]) -> None:
     """Before pruning, replace every ``cls`` instance by ``fn(instance)`` (same outputs, prunable)."""
+    _require_module_class(cls, "rewrite")
+    if not callable(fn):
+        raise UserError(f"rewrite({cls.__name__}, fn): fn must be a function taking the module and "
+                        "returning its replacement.")
     _REWRITES[cls] = fn
+
+
+def unregister(cls: type) -> None:
+    """Remove every rule (protect, prune_rule, rewrite) for ``cls``, built-in ones included."""
+    for table in (_PROTECTED, _PRUNERS, _REWRITES):
+        table.pop(cls, None)
+
+
+@contextlib.contextmanager
+def scoped() -> Iterator[None]:
+    """Undo, on exit, every registration and unregistration made inside the ``with`` block."""
+    saved = [dict(t) for t in (_PROTECTED, _PRUNERS, _REWRITES)]
+    try:
+        yield
+    finally:
+        for table, old in zip((_PROTECTED, _PRUNERS, _REWRITES), saved):
+            table.clear()
+            table.update(old)
 
 
 def protected_types() -> dict[type, str]:
@@ -53,33 +101,84 @@ def customized_pruners() -> dict[type, object]:
     return dict(_PRUNERS)
 
 
-def apply_rewrites(model: nn.Module) -> list[str]:
-    """Replace registered module types in place; return the names of the replaced modules."""
-    if not _REWRITES:
-        return []
-    done = []
-    for name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            fn = _REWRITES.get(type(child))
-            if fn is not None:
-                new = fn(child)
-                for k in ("i", "f", "type", "np"):  # Ultralytics' routing attributes on top-level layers
-                    if hasattr(child, k) and not hasattr(new, k):
-                        setattr(new, k, getattr(child, k))
-                setattr(parent, child_name, new)
-                done.append(f"{name}.{child_name}" if name else child_name)
+def rewrites() -> dict[type, Callable[[nn.Module], nn.Module]]:
+    return dict(_REWRITES)
+
+
+def apply_rewrites(model: nn.Module, names: list[str] | None = None) -> list[str]:
+    """Replace instances of registered types in place; return the replaced modules' names.
+
+    Args:
+        model: any module (the detection model).
+        names: rewrite only the modules of these names (to rebuild a model saved after rewriting),
+            and fail if one of them has no registered rewrite; all registered types when None.
+
+    Each replacement keeps Ultralytics' routing attributes (``i``, ``f``, ``type``, ``np``) of the
+    module it replaces and is marked with the class it came from (see :func:`rewritten_names`).
+    Modules a rewrite produced are not rewritten again, so applying twice changes nothing.
+    """
+    wanted = None if names is None else set(names)
+    done: list[str] = []
+    _rewrite_children(model, "", wanted, done)
+    if wanted is not None and set(done) != wanted:
+        missing = sorted(wanted - set(done))
+        raise UserError(f"The model was saved with rewritten layers {missing}, but no rewrite is registered for "
+                        "their types here. Load the plugin that registers it (--plugin FILE.py).")
     return done
 
 
-def load_plugin(path: str | Path) -> None:
-    """Import a user's Python file (which defines modules and registers rules for them)."""
+def rewritten_names(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` that a rewrite produced (to record when saving it)."""
+    return [name for name, m in model.named_modules() if getattr(m, REWRITTEN_FROM, None)]
+
+
+def _rewrite_children(parent: nn.Module, prefix: str, wanted: set[str] | None, done: list[str]) -> None:
+    for child_name, child in list(parent.named_children()):
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        fn = _REWRITES.get(type(child))
+        if fn is not None and not getattr(child, REWRITTEN_FROM, None) and (wanted is None or name in wanted):
+            new = fn(child)
+            if not isinstance(new, nn.Module):
+                raise UserError(f"The rewrite registered for {type(child).__name__} returned {type(new).__name__}, "
+                                "not a torch module.")
+            for k in ("i", "f", "type", "np"):  # Ultralytics' routing attributes on top-level layers
+                if hasattr(child, k) and not hasattr(new, k):
+                    setattr(new, k, getattr(child, k))
+            setattr(new, REWRITTEN_FROM, f"{type(child).__module__}.{type(child).__qualname__}")
+            setattr(parent, child_name, new)
+            done.append(name)
+            child = new
+        _rewrite_children(child, name, wanted, done)
+
+
+def load_plugin(path: str | Path):
+    """Import a user's Python file (which defines modules and registers rules for them); return the module.
+
+    The file is imported under its file name (``my_rules.py`` as ``my_rules``), with its folder on
+    ``sys.path`` while it runs, so it can import modules next to it. Loading the same file again
+    returns the module already loaded: its classes, and the rules keyed by them, stay the same.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"Plugin '{path}' not found. Give the path of a Python file that registers rules.")
+    loaded = sys.modules.get(p.stem)
+    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == p.resolve():
+        return loaded
     spec = importlib.util.spec_from_file_location(p.stem, p)
     module = importlib.util.module_from_spec(spec)
     sys.modules[p.stem] = module  # so pickled models referencing its classes can be loaded
+    folder = str(p.resolve().parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - any error in the user's file is theirs to fix
+        sys.modules.pop(p.stem, None)
         raise UserError(f"Plugin '{path}' failed to import: {type(e).__name__}: {e}") from e
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def _require_module_class(cls, verb: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise UserError(f"{verb}(cls, ...): cls must be a torch.nn.Module subclass (got {cls!r}).")

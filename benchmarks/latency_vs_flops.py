@@ -1,0 +1,237 @@
+"""Latency vs GFLOPs: how much of a GFLOPs cut becomes a latency cut, on CPU, PyTorch and ONNX Runtime.
+
+``rtdetr-r18`` (10 classes, random weights, seed 0; or --model a checkpoint) is pruned to each
+--targets speed-up with each --methods method (engine defaults, GFLOPs at --imgsz), then every model
+is timed with :func:`rtdetr_prune.bench.bench` (batch --batch, models interleaved, ONNX outputs checked
+against PyTorch's). For each pruned model, with ratios pruned / base:
+
+    GFLOPs ratio, latency ratio          below 1 is smaller / faster
+    latency ratio / GFLOPs ratio         the issue's goal: at most 1.10 (1.0: every FLOP saved is time saved)
+    latency speed-up / GFLOPs speed-up   the same, inverted: share of the FLOP speed-up that became speed
+
+Then, to see where the time goes, one forward pass of the base model and of each ``--profile`` model
+is timed per region (backbone, AIFI, the rest of the encoder, decoder) with forward hooks, next to the
+region's conv/linear GFLOPs, and per operator with torch.profiler.
+
+Usage:
+    python benchmarks/latency_vs_flops.py                                   # 640 px, batch 8, both backends
+    python benchmarks/latency_vs_flops.py --imgsz 320 --targets 2 --methods lamp --backends torch --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("RTDETR_PRUNE_QUIET", "1")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from rtdetr_prune.bench import bench, format_bench  # noqa: E402
+from rtdetr_prune.engine import PruneOptions, prune_to_target  # noqa: E402
+from rtdetr_prune.methods import get_method  # noqa: E402
+from rtdetr_prune.planner import layer_gflops  # noqa: E402
+from rtdetr_prune.probe import analyse  # noqa: E402
+from rtdetr_prune.zoo import load_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402
+
+GOAL = 1.10  # the issue's target: pruned/base latency at most 1.10x pruned/base GFLOPs
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="rtdetr-r18", help="zoo name or checkpoint")
+    p.add_argument("--nc", type=int, default=10, help="classes of a model built from a zoo name")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--methods", default="lamp,group_norm")
+    p.add_argument("--targets", default="1.5,2,3", help="comma-separated GFLOPs speed-ups")
+    p.add_argument("--backends", default="torch,onnxruntime")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    p.add_argument("--profile", default="lamp 2x", help="comma-separated model labels to profile against the base "
+                   "('' for none)")
+    p.add_argument("--out", default=str(RESULTS))
+    return p.parse_args(argv)
+
+
+def pruned_models(args) -> dict[str, nn.Module]:
+    """{"base": model, "lamp 2x": pruned, ...} in the order they will be timed."""
+    torch.manual_seed(0)
+    base = load_model(args.model, nc=args.nc)
+    plan = analyse(base, 8)
+    models = {"base": base}
+    for name in args.methods.split(","):
+        for target in args.targets.split(","):
+            t0 = time.perf_counter()
+            result = prune_to_target(base, get_method(name), PruneOptions(speed_up=float(target), imgsz=args.imgsz),
+                                     plan=plan)
+            models[f"{name} {float(target):g}x"] = result.model
+            print(f"{name} {target}x: {result.message} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return models
+
+
+def derived(row: dict) -> dict:
+    """The ratios this benchmark is about, from one bench row."""
+    lat, fl = row["latency_ratio"], row["gflops_ratio"]
+    return {"model": row["model"], "gflops": row["gflops"], "latency_ms": row["latency_ms"], "gflops_ratio": fl,
+            "latency_ratio": lat, "latency_over_gflops": lat / fl, "speedup_efficiency": fl / lat,
+            "meets_goal": lat / fl <= GOAL, "onnx_max_abs_diff": row["onnx_max_abs_diff"]}
+
+
+# ---- where the time goes ------------------------------------------------------------------------
+
+def regions(model: nn.Module) -> dict[int, str]:
+    """Top-level layer index -> region name (backbone / AIFI / encoder / decoder)."""
+    layers = model.model
+    names = {}
+    for i, m in enumerate(layers):
+        kind = type(m).__name__
+        names[i] = ("decoder" if i == len(layers) - 1 else "AIFI" if kind == "AIFI"
+                    else "backbone" if i < 4 or kind in {"TorchVision", "Index"} else "encoder (CCFF)")
+    return names
+
+
+def region_profile(model: nn.Module, imgsz: int, batch: int, repeats: int = 3) -> dict[str, dict]:
+    """Per region: median ms of one batch (forward hooks on the top-level layers) and conv/linear GFLOPs."""
+    fused = copy.deepcopy(model).eval().fuse(verbose=False)
+    names = regions(fused)
+    owner = {m: i for i, layer in enumerate(fused.model) for m in layer.modules()}
+    gflops = dict.fromkeys(names.values(), 0.0)
+    for m, g in layer_gflops(fused, imgsz).items():
+        gflops[names[owner[m]]] += g
+    x = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fused(x)  # warm-up, untimed
+        timer = _RegionTimer(fused.model, names)
+        runs = []
+        for _ in range(repeats):
+            timer.seconds.clear()
+            fused(x)
+            runs.append(dict(timer.seconds))
+        timer.remove()
+    return {r: {"ms": statistics.median(run.get(r, 0.0) for run in runs) * 1000, "gflops": gflops[r]}
+            for r in dict.fromkeys(names.values())}
+
+
+class _RegionTimer:
+    """Seconds per region of the forward passes run while it is attached (hooks on top-level layers)."""
+
+    def __init__(self, layers: nn.Sequential, names: dict[int, str]):
+        self.names, self.seconds, self.start = names, defaultdict(float), {}
+        self.hooks = []
+        for i, layer in enumerate(layers):
+            self.hooks.append(layer.register_forward_pre_hook(functools.partial(self._enter, i)))
+            self.hooks.append(layer.register_forward_hook(functools.partial(self._exit, i)))
+
+    def _enter(self, i, module, args):
+        self.start[i] = time.perf_counter()
+
+    def _exit(self, i, module, args, output):
+        self.seconds[self.names[i]] += time.perf_counter() - self.start[i]
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+
+def op_profile(model: nn.Module, imgsz: int, batch: int, top: int = 10) -> list[dict]:
+    """The operators that took the most self CPU time in one forward pass (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fused = copy.deepcopy(model).eval().fuse(verbose=False)
+    x = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        fused(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fused(x)
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return [{"op": e.key, "ms": e.self_cpu_time_total / 1000, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in ops[:top]]
+
+
+# ---- report -------------------------------------------------------------------------------------
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    out = [f"## Latency vs GFLOPs: {s['model']} at {s['imgsz']} px, batch {s['batch']}, CPU", "",
+           md_machine(result["machine"]), ""]
+    head = ["model", "GFLOPs", "GFLOPs ratio", "latency ms/img", "latency ratio", "latency ratio / GFLOPs ratio",
+            "latency speed-up / GFLOPs speed-up", f"<= {GOAL}?"]
+    for backend, run in result["backends"].items():
+        t = run["bench"]["threads"]
+        out += [f"### {backend} ({t['intra_op']} intra-op threads, median of {s['repeats']} interleaved rounds)", ""]
+        out.append(md_table(head, [[r["model"], f"{r['gflops']:.2f}", f"{r['gflops_ratio']:.3f}",
+                                    f"{r['latency_ms']:.1f}", f"{r['latency_ratio']:.3f}",
+                                    f"{r['latency_over_gflops']:.3f}", f"{r['speedup_efficiency']:.3f}",
+                                    "yes" if r["meets_goal"] else "no"] for r in run["rows"][1:]]))
+        out.append("")
+    for label, prof in result["profiles"].items():
+        out += [f"### Where the time goes: base vs {label} (torch, one batch, forward hooks)", ""]
+        rows = []
+        for region, b in prof["base"]["regions"].items():
+            p = prof["pruned"]["regions"][region]
+            rows.append([region, f"{b['gflops']:.1f}", f"{p['gflops']:.1f}", _x(b["gflops"], p["gflops"]),
+                         f"{b['ms']:.0f}", f"{p['ms']:.0f}", _x(b["ms"], p["ms"]),
+                         f"{b['ms'] / prof['base']['ms']:.0%}", f"{p['ms'] / prof['pruned']['ms']:.0%}"])
+        out.append(md_table(["region", "GFLOPs base", "GFLOPs pruned", "GFLOPs speed-up", "ms base", "ms pruned",
+                             "time speed-up", "share base", "share pruned"], rows))
+        out += ["", f"Top operators by self CPU time (torch.profiler), base | {label}:", ""]
+        ops = zip(prof["base"]["ops"], prof["pruned"]["ops"])
+        out.append(md_table(["base op", "ms", "share", f"{label} op", "ms", "share"],
+                            [[a["op"], f"{a['ms']:.0f}", f"{a['share']:.0%}", b["op"], f"{b['ms']:.0f}",
+                              f"{b['share']:.0%}"] for a, b in ops]))
+        out.append("")
+    return "\n".join(out)
+
+
+def _x(base: float, pruned: float) -> str:
+    return f"{base / pruned:.2f}x" if pruned else "-"
+
+
+def headline(result: dict) -> str:
+    parts = []
+    for backend, run in result["backends"].items():
+        cells = [f"{r['model']} {r['latency_over_gflops']:.2f}" for r in run["rows"][1:]]
+        parts.append(f"{backend}: " + ", ".join(cells))
+    s = result["settings"]
+    return (f"latency ratio / GFLOPs ratio (goal <= {GOAL}; {s['model']} @{s['imgsz']}, batch {s['batch']}, CPU) "
+            + "; ".join(parts))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    threads = set_threads(args.threads)
+    models = pruned_models(args)
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine(),
+              "backends": {}, "profiles": {}}
+    for backend in args.backends.split(","):
+        run = bench(models, batch=args.batch, imgsz=args.imgsz, backend=backend, warmup=args.warmup,
+                    repeats=args.repeats, threads=threads)
+        print(format_bench(run), flush=True)
+        result["backends"][backend] = {"bench": run, "rows": [derived(r) for r in run["rows"]]}
+    for label in filter(None, (x.strip() for x in args.profile.split(","))):
+        result["profiles"][label] = {
+            name: {"regions": (reg := region_profile(m, args.imgsz, args.batch)),
+                   "ms": sum(r["ms"] for r in reg.values()), "ops": op_profile(m, args.imgsz, args.batch)}
+            for name, m in (("base", models["base"]), ("pruned", models[label]))}
+    result["headline"] = headline(result)
+    write_results(args.out, "latency_vs_flops", result, markdown(result))
+    print(result["headline"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
