@@ -36,7 +36,7 @@ def load_data(path: str | Path) -> dict:
                 raise UserError(f"Data YAML '{path}': {split} images '{folder}' do not exist. Fix the path in the YAML.")
         if folders and not any(_has_images(Path(f)) for f in folders):
             raise UserError(f"Data YAML '{path}': the {split} split has no images. Add images (and YOLO labels), "
-                            "or point '{split}:' at the right folder.")
+                            f"or point '{split}:' at the right folder.")
     return data
 
 

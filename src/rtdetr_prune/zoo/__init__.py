@@ -106,12 +106,19 @@ def _from_checkpoint(path: Path) -> nn.Module:
         # changes SiLU results in the last bit): a reloaded model then reproduces its outputs exactly.
         model, _ = load_checkpoint(str(path.resolve()), inplace=False)
     except (TypeError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, ModuleNotFoundError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"Checkpoint '{path}' could not be loaded ({first}). The file may be truncated or corrupt, or need a "
-            "module that is not importable here: re-save it, or import its modules with --plugin."
-        ) from e
+        raise UserError(f"Checkpoint '{path}' could not be loaded: {_load_failure(e)}") from e
     return _require_rtdetr(model.float().eval(), str(path))
+
+
+def _load_failure(e: BaseException) -> str:
+    """What went wrong loading a checkpoint, and the fix, in one sentence."""
+    if isinstance(e, ModuleNotFoundError):
+        return f"it needs the module '{e.name}', which is not importable here. Install it, or load it with --plugin."
+    text = str(e)
+    if "not a loadable checkpoint" in text or isinstance(e, EOFError):
+        return "the file is empty, truncated or corrupted. Re-save or re-copy it."
+    first = (text.strip().splitlines() or [type(e).__name__])[0][:160]
+    return f"{first}. Re-save it with Ultralytics or rtdetr-prune."
 
 
 def _require_rtdetr(model: nn.Module, label: str) -> nn.Module:
