@@ -42,14 +42,13 @@ ADVICE = {
                      "conv: both prune"),
     "rtdetr": "accept it: this width is fixed by RT-DETR's design",
     "narrow": "accept it (little to gain), or lower --round-to (e.g. 4) so narrow groups can lose channels",
-    "breaks": ("register a rewrite into an equivalent block whose channels Torch-Pruning follows (as the built-in "
-               f"one splits C2f's chunk into two convs), or a prune_rule; or accept it ({GUIDE})"),
-    "changes-outputs": ("if it is attention split into heads, rewrite it into per-head projections; if it is a "
-                        "chunk/split, into one conv per part; or accept it "
-                        f"({GUIDE}, 'A custom attention module')"),
+    "breaks": ("rewrite the block into an equivalent one whose channels Torch-Pruning follows: one conv per part "
+               "instead of a chunk/split (the built-in C2f rewrite does this), per-head q/k/v projections for "
+               f"attention split into heads; or register a prune_rule; or accept it ({GUIDE})"),
     "decoder": "accept it: the decoder's width is RT-DETR's interface between the encoder and the queries",
     "other": f"see {GUIDE}",
 }
+ADVICE["changes-outputs"] = ADVICE["breaks"]
 
 
 def check_model(model: nn.Module, imgsz: int = 640, round_to: int = 8, max_layer_ratio: float = 0.8,
@@ -189,7 +188,8 @@ def format_check(r: dict) -> str:
         lines.append("rewritten first (same outputs, prunable): "
                      + ", ".join(f"{w['layer']} ({w['from']} -> {w['to']})" for w in r["rewrites"]))
     lines += ["protected:", *_format_entries(r["protected"], r["max_speed_up"])]
-    lines += [f"skipped ({len(r['skipped'])}), costliest cause first:", *_format_entries(r["skipped"], r["max_speed_up"])]
+    lines.append(f"skipped ({len(r['skipped'])}), costliest cause first:")
+    lines += _format_entries(r["skipped"], r["max_speed_up"])
     lines.append("(x% GFLOPs: share of conv/linear GFLOPs in the layers whose outputs it keeps whole; "
                  "-> N.NNx: max reachable speed-up were it prunable.)")
     return "\n".join(lines)
@@ -203,11 +203,14 @@ def _format_entries(entries: list[dict], max_speed: float) -> list[str]:
     def gain(e):
         return (e.get("speed_up_if_prunable") or max_speed) - max_speed
 
+    def cost(kind_items):
+        return -max(map(gain, kind_items[1])), -sum(e["gflops_share"] for e in kind_items[1])
+
     lines = []
-    for kind, items in sorted(by_kind.items(), key=lambda kv: (-max(map(gain, kv[1])), -sum(e["gflops_share"] for e in kv[1]))):
+    for kind, items in sorted(by_kind.items(), key=cost):
         lines.append(f"  [{kind}] what to do: {items[0].get('advice', ADVICE['other'])}")
         for e in sorted(items, key=lambda e: (-gain(e), -e["gflops_share"])):
             speed = e.get("speed_up_if_prunable")
-            cost = f"{e['gflops_share']:.1%} GFLOPs" + (f", -> {speed:.2f}x" if speed and speed > max_speed else "")
-            lines.append(f"    {e['layer']}: {e['reason']} [{cost}]")
+            held = f"{e['gflops_share']:.1%} GFLOPs" + (f", -> {speed:.2f}x" if speed and speed > max_speed else "")
+            lines.append(f"    {e['layer']}: {e['reason']} [{held}]")
     return lines

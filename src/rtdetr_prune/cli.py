@@ -168,7 +168,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_check(args) -> int:
-    from rtdetr_prune.check import check_model
+    from rtdetr_prune.check import check_model, format_check
     from rtdetr_prune.zoo import load_model
 
     _check_imgsz(args.imgsz)
@@ -271,24 +271,6 @@ def _cmd_compare(args) -> int:
 
     print(write_compare(args.runs, args.out))
     return 0
-
-
-def format_check(r: dict) -> str:
-    """Plain-text rendering of :func:`rtdetr_prune.check.check_model`'s result."""
-    s = r["share"]
-    lines = [
-        f"model: {r.get('model', '?')}   GFLOPs@{r['settings']['imgsz']}: {r['gflops']}",
-        f"prunable: {'yes' if r['prunable'] else 'no'} ({r['groups']} channel groups)",
-        f"GFLOPs share: prunable {s['prunable']:.1%}, protected (decoder) {s['protected']:.1%}, "
-        f"skipped {s['skipped']:.1%}",
-        f"max reachable speed-up: {r['max_speed_up']:.2f}x (round_to={r['settings']['round_to']}, "
-        f"max_layer_ratio={r['settings']['max_layer_ratio']})",
-        "protected:",
-        *[f"  {p['layer']}: {p['reason']}" for p in r["protected"]],
-        f"skipped ({len(r['skipped'])}):",
-        *[f"  {k['layer']}: {k['reason']}" for k in r["skipped"]],
-    ]
-    return "\n".join(lines)
 
 
 def _check_imgsz(imgsz: int) -> None:

@@ -149,7 +149,7 @@ def _step_units(graph, keys, method, options, orig, unit, batches, model, level)
     importance = method.importance()
     if method.needs_gradients:
         _accumulate_gradients(model, importance, batches, options.grad_batches)
-    candidates: list[list[Unit]] = []
+    candidates: list[tuple[int, list[Unit]]] = []  # (group width, its units)
     for group in graph.all_groups():
         key = graph.key(group)
         if key not in keys:

@@ -6,10 +6,11 @@ Three checks, cheapest first:
 2. Static rules: groups touching a type protected by a rule (:mod:`rtdetr_prune.rules`), coupled to
    an opaque module, to a custom module's raw parameters or to a grouped (not depthwise) conv, or
    vetoed by the RT-DETR adapter (AIFI's embedding width); groups too narrow to lose a unit.
-3. A zeroed-channel trial: on a float64 copy, zero one unit of channels in every remaining group,
-   then remove exactly those channels. Removing channels that carry zeros must leave every output
-   unchanged and the model must still run; if not, bisect to the groups at fault. This catches
-   groups Torch-Pruning prunes *wrongly* without crashing (a chunk, heads of an attention).
+3. A zeroed-channel trial (:mod:`rtdetr_prune.trial`): on a float64 copy, zero one unit of
+   channels in every remaining group, then remove exactly those channels. Removing channels that
+   carry zeros must leave every output unchanged and the model must still run; if not, bisect to
+   the groups at fault. This catches groups Torch-Pruning prunes *wrongly* without crashing (a
+   chunk, heads of an attention).
 
 Every skip carries a ``kind`` (one of :data:`KINDS`) so that ``check`` can say what to do about it.
 
@@ -20,8 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +30,7 @@ from torch import nn
 from rtdetr_prune import rules
 from rtdetr_prune.adapter import RTDETRAdapter
 from rtdetr_prune.graph import TRACE_IMGSZ, TracedGraph, trace
+from rtdetr_prune.trial import CHANGES, first_line, removal_trial
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,6 @@ KINDS = {
     "breaks": "removing channels breaks the forward pass",
     "changes-outputs": "removing channels changes the kept channels' outputs",
 }
-TRIAL_TOLERANCE = 1e-6  # relative output change allowed in the float64 trial: exact removals give ~1e-15,
-#                        wrong ones (a mis-mapped chunk, mixed heads) 1e-3 and more
 
 
 @dataclass
@@ -102,7 +100,7 @@ def find_untraceable(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tuple[tuple[
         trace(model, (), imgsz)
         return (), []
     except Exception as e:  # noqa: BLE001 - any tracing failure is what we are looking for
-        error = _first_line(e)
+        error = first_line(e)
     region_modules = list(model.model[:-1].named_modules())
     candidates = _candidate_types(region_modules, _tensor_output_types(model, imgsz))
     single = next(((t,) for t in candidates if _traces(model, (t,), imgsz)), None)
@@ -242,7 +240,7 @@ def _custom_param_owners(model: nn.Module, graph: TracedGraph) -> dict:
 
 def _bisect_failures(model, opaque, keys: list[str], unit: int, imgsz: int) -> dict[str, str]:
     """Groups whose trial removal fails, with what went wrong; assumes failures are per group."""
-    error = _trial(model, opaque, keys, unit, imgsz)
+    error = removal_trial(model, opaque, keys, unit, imgsz)
     if error is None:
         return {}
     if len(keys) == 1:
@@ -252,105 +250,9 @@ def _bisect_failures(model, opaque, keys: list[str], unit: int, imgsz: int) -> d
             **_bisect_failures(model, opaque, keys[mid:], unit, imgsz)}
 
 
-_CHANGES = "changes outputs"
-
-
 def _trial_reason(error: str) -> tuple[str, str]:
-    if error.startswith(_CHANGES):
+    if error.startswith(CHANGES):
         return (f"removing its channels changes what the remaining channels compute ({error}): Torch-Pruning "
                 "misreads how the block uses them, typically a chunk or split of one layer's output, a reshape "
                 "into attention heads, or a scale computed from the width", "changes-outputs")
     return f"removing its channels breaks the forward pass: {error}", "breaks"
-
-
-def _trial(model, opaque, keys, unit, imgsz) -> str | None:
-    """On a float64 copy, zero the first ``unit`` channels of each group, then remove exactly them.
-
-    The kept outputs must not change and the model must still run (eval and train). Returns what
-    went wrong, or None. BatchNorm statistics are first fitted to a random batch, so that a randomly
-    initialized model's activations are not too small to show a difference.
-    """
-    if not keys:
-        return None
-    m = copy.deepcopy(model)
-    x = torch.randn(2, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-    x = x.to(next(m.parameters()).device)
-    try:
-        graph = trace(m, opaque, imgsz)
-        idxs = {k: list(range(unit)) for k in keys}
-        region = graph.adapter.region()
-        _fit_batchnorm(region, x)
-        region.double().eval()
-        x = x.double()
-        with torch.no_grad():
-            with _zeroed(graph, idxs):
-                expected = region(x)
-            graph.prune(idxs)
-            got = region(x)
-            m.eval()(x)
-            m.train()(x)
-    except Exception as e:  # noqa: BLE001 - the failure is the finding
-        return _first_line(e)
-    change = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in zip(expected, got))
-    return f"{_CHANGES} by up to {change:.1e} of their size" if change > TRIAL_TOLERANCE else None
-
-
-def _fit_batchnorm(region: nn.Module, x: torch.Tensor) -> None:
-    """Set every BatchNorm's running statistics to those of ``x`` (one train-mode forward, no updates else)."""
-    for bn in region.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average: after one batch, exactly its statistics
-    with torch.no_grad():
-        region.train()(x)
-
-
-_CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.Embedding)
-
-
-@contextlib.contextmanager
-def _zeroed(graph: TracedGraph, key_to_idxs: dict[str, list[int]]):
-    """Within the block, the given channels of each group read and write zeros.
-
-    Every module whose outputs the group removes has those output channels zeroed; every module
-    whose inputs it removes sees them as zeros (channel dim 1; last for Linear-like modules).
-    """
-    modules = set(graph.adapter.model.modules())
-    sides: dict[tuple[nn.Module, bool], set[int]] = {}
-    by_key = {graph.key(g): g for g in graph.all_groups()}
-    for key, idxs in key_to_idxs.items():
-        root = by_key[key][0].dep
-        for dep, dep_idxs in graph.DG.get_pruning_group(root.target.module, root.handler, idxs):
-            m = dep.target.module
-            if m in modules:
-                out = graph.DG.is_out_channel_pruning_fn(dep.handler)
-                sides.setdefault((m, out), set()).update(int(i) for i in dep_idxs)
-    handles = []
-    for (m, out), idxs in sides.items():
-        idxs = sorted(idxs)
-        if out:
-            handles.append(m.register_forward_hook(lambda mod, args, y, i=idxs: _zero(y, i, mod)))
-        else:
-            handles.append(m.register_forward_pre_hook(
-                lambda mod, args, i=idxs: (_zero(args[0], i, mod), *args[1:]) if args else None))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _zero(t, idxs: list[int], m: nn.Module):
-    if not isinstance(t, torch.Tensor) or t.dim() < 2:
-        return t
-    t = t.clone()
-    if isinstance(m, _CHANNELS_LAST):
-        t[..., idxs] = 0
-    else:
-        t[:, idxs] = 0
-    return t
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rtdetr_prune import rules
 from rtdetr_prune.adapter import RTDETRAdapter
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.files import atomic_path, write_json
@@ -75,6 +76,7 @@ def save_safe(model: nn.Module, out_dir: str | Path, meta: dict | None = None) -
         "nc": int(getattr(model, "nc", None) or model.model[-1].nc),
         "names": {str(k): v for k, v in getattr(model, "names", {}).items()},
         "widths": layer_widths(model),
+        "rewritten": rules.rewritten_names(model),  # rebuilt from the YAML, then rewritten again before shrinking
         "weights_sha256": "",
         "meta": meta or {},
         "versions": _versions(),
@@ -112,6 +114,7 @@ def load_safe(path: str | Path) -> nn.Module:
     spec = _read_spec(spec_path)
     tensors = _read_weights(spec_path.with_suffix(".safetensors"), spec["weights_sha256"])
     model = _build(spec, spec_path)
+    rules.apply_rewrites(model, names=spec.get("rewritten", []))
     shrink_to(model, spec["widths"], tensors)
     try:
         model.load_state_dict(tensors, strict=True)

@@ -1,0 +1,97 @@
+"""The benchmark scripts run end to end on the tiny model at tiny sizes, write their JSON and markdown,
+and print their headline last; the stopwatch splits time exclusively. No assertion depends on real speed."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+from stopwatch import Stopwatch  # noqa: E402
+
+
+class Clock:
+    """A fake clock that advances only when told to."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_stopwatch_charges_nested_calls_to_their_own_stage():
+    clock = Clock()
+    watch = Stopwatch(clock)
+
+    def inner():
+        clock.now += 2.0
+
+    def outer():
+        clock.now += 1.0
+        ns.inner()
+        clock.now += 0.5
+
+    ns = type("ns", (), {})()
+    ns.inner, ns.outer = inner, outer
+    with watch.patched([(ns, "inner", "in"), (ns, "outer", "out")]):
+        ns.outer()
+        ns.inner()
+    assert watch.seconds == {"in": 4.0, "out": 1.5}
+    assert watch.calls == {"in": 2, "out": 1}
+    assert ns.inner is inner and ns.outer is outer  # put back
+
+
+def test_stopwatch_refuses_a_missing_target():
+    with pytest.raises(AttributeError, match="gone"):
+        with Stopwatch().patched([(json, "no_such_function", "x")]):
+            pass
+
+
+def _last_line(capsys) -> str:
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_engine_cost_runs_on_the_tiny_model(tmp_path, capsys):
+    import engine_cost
+
+    result = engine_cost.main(["--model", "rtdetr-tiny", "--nc", "3", "--imgsz", "64", "--speed-up", "1.3",
+                               "--methods", "lamp,group_taylor", "--batch", "2", "--grad-batches", "1",
+                               "--images", "8", "--threads", "1", "--out", str(tmp_path)])
+    assert _last_line(capsys) == result["headline"] and result["headline"].startswith("engine cost")
+    for row in result["rows"]:
+        assert sum(row["seconds"].values()) == pytest.approx(row["total_s"])
+        assert row["seconds"]["graph build"] > 0 and row["seconds"]["FLOP counting"] > 0
+    assert result["rows"][0]["seconds"]["gradient batches"] == 0 < result["rows"][1]["seconds"]["gradient batches"]
+    assert json.loads((tmp_path / "engine_cost.json").read_text())["headline"] == result["headline"]
+    assert "| lamp |" in (tmp_path / "engine_cost.md").read_text()
+
+
+def test_latency_vs_flops_runs_on_the_tiny_model(tmp_path, capsys):
+    import latency_vs_flops
+
+    result = latency_vs_flops.main(["--model", "rtdetr-tiny", "--nc", "3", "--imgsz", "64", "--batch", "1",
+                                    "--methods", "lamp", "--targets", "1.3", "--backends", "torch", "--warmup", "0",
+                                    "--repeats", "1", "--threads", "1", "--profile", "lamp 1.3x",
+                                    "--out", str(tmp_path)])
+    assert _last_line(capsys) == result["headline"]
+    row = result["backends"]["torch"]["rows"][1]
+    assert row["latency_over_gflops"] == pytest.approx(row["latency_ratio"] / row["gflops_ratio"])
+    assert row["speedup_efficiency"] == pytest.approx(1 / row["latency_over_gflops"])
+    regions = result["profiles"]["lamp 1.3x"]["base"]["regions"]
+    assert set(regions) == {"backbone", "AIFI", "encoder (CCFF)", "decoder"}
+    assert (tmp_path / "latency_vs_flops.md").is_file()
+
+
+def test_gpu_latency_says_clearly_when_there_is_no_gpu(capsys):
+    import gpu_latency
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit) as e:
+        gpu_latency.main([])
+    assert e.value.code != 0
+    assert "no CUDA GPU" in capsys.readouterr().err
