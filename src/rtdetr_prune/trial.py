@@ -1,9 +1,9 @@
 """The zeroed-channel trial: does removing a group's channels remove exactly them?
 
-On a float64 copy of the model, zero some channels of each group (every layer that outputs them
+On a copy of the model, zero some channels of each group (every layer that outputs them
 writes zeros, every layer that reads them reads zeros), run it, then remove exactly those channels
 and run it again. If Torch-Pruning removed the right channels from every layer, nothing else can
-change: the outputs must agree to ~1e-15. A group it maps wrongly (a ``chunk`` of one layer's output,
+change: the outputs must agree to float32 rounding (~1e-6). A group it maps wrongly (a ``chunk`` of one layer's output,
 channels reshaped into attention heads, a scale computed from the width) changes them by 1e-3 or more,
 or breaks the forward pass. :mod:`rtdetr_prune.probe` runs it on every candidate group.
 
@@ -21,13 +21,15 @@ from torch import nn
 
 from rtdetr_prune.graph import TracedGraph, trace
 
-TOLERANCE = 1e-6  # relative output change allowed in float64: exact removals give ~1e-15, wrong ones 1e-3 and more
+# Relative output change allowed. The trial runs in float32 (float64 convolutions take a slow path on CPU:
+# minutes for rtdetr-l); exact removals then differ by ~1e-6 (summation order), wrong ones by 1e-3 and more.
+TOLERANCE = 1e-4
 CHANGES = "changes outputs"  # how a trial's message starts when the model runs but its outputs moved
 _CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.Embedding)  # channels in the last dim
 
 
 def removal_trial(model: nn.Module, opaque: tuple[type, ...], keys: list[str], unit: int, imgsz: int) -> str | None:
-    """On a float64 copy, zero the first ``unit`` channels of each group, then remove exactly them.
+    """On a copy, zero the first ``unit`` channels of each group, then remove exactly them.
 
     The kept outputs must not change and the model must still run (eval and train). Returns what
     went wrong, or None. BatchNorm statistics are first fitted to a random batch, so that a randomly
@@ -43,8 +45,7 @@ def removal_trial(model: nn.Module, opaque: tuple[type, ...], keys: list[str], u
         idxs = {k: list(range(unit)) for k in keys}
         region = graph.adapter.region()
         _fit_batchnorm(region, x)
-        region.double().eval()
-        x = x.double()
+        region.eval()
         with torch.no_grad():
             with _zeroed(graph, idxs):
                 expected = region(x)
