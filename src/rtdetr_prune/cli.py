@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not args.verbose:
-        _quiet_ultralytics()
+        _quiet_ultralytics(errors_only=getattr(args, "json", False))
     try:
         from rtdetr_prune.rules import load_plugin
 
@@ -278,11 +278,12 @@ def _check_imgsz(imgsz: int) -> None:
         raise UserError(f"--imgsz must be a positive multiple of 32 (got {imgsz}); RT-DETR downsamples by 32.")
 
 
-def _quiet_ultralytics() -> None:
-    """Ultralytics logs every model build and validation; keep our output readable unless --verbose."""
+def _quiet_ultralytics(errors_only: bool = False) -> None:
+    """Ultralytics logs every model build and validation to stdout; keep our output readable unless
+    --verbose, and keep stdout pure JSON with --json."""
     from ultralytics.utils import LOGGER
 
-    LOGGER.setLevel(logging.WARNING)
+    LOGGER.setLevel(logging.ERROR if errors_only else logging.WARNING)
 
 
 if __name__ == "__main__":

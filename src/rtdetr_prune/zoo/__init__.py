@@ -80,6 +80,8 @@ def _from_yaml(cfg: str, nc: int | None, verbose: bool, label: str) -> nn.Module
         head = spec["head"][-1][2]
     except Exception as e:  # noqa: BLE001 - any unreadable config is the user's to fix
         raise UserError(f"Model config '{label}' is not a readable Ultralytics model YAML ({e}).") from e
+    if spec.get("scales") and not spec.get("scale"):  # rtdetr-l/x.yaml list one scale; name it (no warning)
+        spec["scale"] = next(iter(spec["scales"]))
     if head != "RTDETRDecoder":
         raise UserError(f"'{label}' is not an RT-DETR model (its head is {head}, not RTDETRDecoder). "
                         "rtdetr-prune prunes RT-DETR detectors only; give an RT-DETR checkpoint or config.")
