@@ -87,8 +87,10 @@ def write_results(out: str | Path, name: str, result: dict, markdown: str) -> Pa
     return out
 
 
-def synthetic_data(folder: str | Path, imgsz: int, images: int) -> str:
-    """The synthetic shapes set (all five shapes) at ``imgsz``; its data YAML path. Rewritten each call."""
+def synthetic_data(folder: str | Path, imgsz: int, images: int, nc: int | None = None) -> str:
+    """The synthetic shapes set at ``imgsz`` (the first ``nc`` of its five shapes, all five by default;
+    class ids then stay below the model's class count); its data YAML path. Rewritten each call."""
     from rtdetr_prune.data import SHAPES, make_synthetic
 
-    return str(make_synthetic(folder, images=images, imgsz=imgsz, seed=0, names=tuple(SHAPES)))
+    names = tuple(SHAPES)[: min(nc or len(SHAPES), len(SHAPES))]
+    return str(make_synthetic(folder, images=images, imgsz=imgsz, seed=0, names=names))

@@ -26,6 +26,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -109,8 +110,6 @@ def run(args, data: str, baseline: Path, work: Path, method: str, target: float,
                                 latency=False, **extra)
     state = Path(report["run_dir"]) / "state.json"
     if get_method(method).needs_sparse_training and method not in sparse:
-        import json
-
         sparse[method] = json.loads(state.read_text())["sparse"]["checkpoint"]
     return {"method": method, "target": target, "speed_up": report["speed_up_achieved"],
             "gflops": report["pruned"]["gflops"], "pruned_map50_95": report["pruned"]["map50_95"],
@@ -144,6 +143,7 @@ def headline(result: dict) -> str:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     set_threads(args.threads)
+    info = machine()  # before any work: Ultralytics' trainer may change the thread count
     names = [get_method(n.strip()).name for n in args.methods.split(",") if n.strip()]
     targets = [float(t) for t in args.targets.split(",")]
     work = Path(args.workdir).resolve() / time.strftime("%Y%m%d-%H%M%S")
@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
             rows.append(row)
             print(f"{name} {target:g}x: finetuned mAP50-95 {row['finetuned_map50_95']:.3f} "
                   f"({row['retention']:.1%} of control) in {row['minutes']:.1f} min", flush=True)
-    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine(),
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": info,
               "control": ctrl, "rows": rows, "minutes": (time.perf_counter() - t_start) / 60}
     result["headline"] = headline(result)
     write_results(args.out, f"accuracy_retention_{args.profile}", result, markdown(result))

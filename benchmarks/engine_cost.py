@@ -147,8 +147,10 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     names = [get_method(n.strip()).name for n in args.methods.split(",") if n.strip()]
     set_threads(args.threads)
+    info = machine()  # before any work: Ultralytics' trainer may change the thread count
     with tempfile.TemporaryDirectory(prefix="engine-cost-shapes-") as folder:
-        batches = data_batches(load_data(synthetic_data(folder, args.imgsz, args.images)), args.imgsz, args.batch)
+        batches = data_batches(load_data(synthetic_data(folder, args.imgsz, args.images, args.nc)), args.imgsz,
+                               args.batch)
         train = TrainStep(load_model(args.model, nc=args.nc), next(iter(batches())))
         train.seconds()  # warm-up: allocator, lazy init
         steps, rows = [train.seconds()], []
@@ -158,8 +160,9 @@ def main(argv=None) -> dict:
             row["train_step_s"] = statistics.mean(steps[-2:])
             row["train_steps"] = row["total_s"] / row["train_step_s"]
             rows.append(row)
-            print(f"{name}: {row['total_s']:.1f} s = {row['train_steps']:.2f} train steps; {row['message']}", flush=True)
-    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine(),
+            print(f"{name}: {row['total_s']:.1f} s = {row['train_steps']:.2f} train steps; {row['message']}",
+                  flush=True)
+    result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": info,
               "train_steps_s": steps, "train_step_median_s": statistics.median(steps), "rows": rows}
     result["headline"] = headline(result)
     write_results(args.out, "engine_cost", result, markdown(result))

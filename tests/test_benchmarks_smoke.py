@@ -77,7 +77,7 @@ def test_latency_vs_flops_runs_on_the_tiny_model(tmp_path, capsys):
                                     "--repeats", "1", "--threads", "1", "--profile", "lamp 1.3x",
                                     "--out", str(tmp_path)])
     assert _last_line(capsys) == result["headline"]
-    row = result["backends"]["torch"]["rows"][1]
+    row = result["backends"]["torch, 1 thread"]["rows"][1]
     assert row["latency_over_gflops"] == pytest.approx(row["latency_ratio"] / row["gflops_ratio"])
     assert row["speedup_efficiency"] == pytest.approx(1 / row["latency_over_gflops"])
     regions = result["profiles"]["lamp 1.3x"]["base"]["regions"]
