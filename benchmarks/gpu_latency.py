@@ -59,7 +59,7 @@ def require_gpu(device: str) -> None:
 def models(args) -> dict:
     torch.manual_seed(0)
     base = load_model(args.model, nc=args.nc)
-    plan = analyse(base, 8)
+    plan = analyse(base, PruneOptions.round_to)  # what may be pruned at the engine's default unit
     out = {"base": base}
     for name in args.methods.split(","):
         for target in args.targets.split(","):

@@ -15,13 +15,9 @@ region's conv/linear GFLOPs, and per operator with torch.profiler. ``--threads 1
 backend once per thread count; ``--round-to 8,16,32`` prunes every model once per channel rounding.
 
 Usage:
-    python benchmarks/latency_vs_flops.py --atol 0.06                       # 640 px, batch 8, both backends
+    python benchmarks/latency_vs_flops.py                                   # 640 px, batch 8, both backends
     python benchmarks/latency_vs_flops.py --imgsz 320 --targets 2 --methods lamp --backends torch --repeats 3
     python benchmarks/latency_vs_flops.py --targets 2 --round-to 8,16,32 --threads 1,2 --profile ""
-
-(--atol 0.06: with random weights, one of the eight fixed images has a near-tie in the decoder's top-k
-query selection, so PyTorch in float64 and in float32 already differ there by one anchor step, 0.05;
-see docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -68,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", default="", help="comma-separated intra-op thread counts, one timing run each "
                    "(default: physical cores)")
-    p.add_argument("--round-to", default="8", help="comma-separated channel roundings to prune with (engine default 8)")
+    p.add_argument("--round-to", default=str(PruneOptions.round_to),
+                   help=f"comma-separated channel roundings to prune with (engine default {PruneOptions.round_to})")
     p.add_argument("--atol", type=float, default=None, help="ONNX-vs-PyTorch tolerance (default: bench's, 1e-3)")
     p.add_argument("--profile", default="lamp 2x", help="comma-separated model labels to profile against the base "
                    "('' for none)")
@@ -160,6 +157,42 @@ class _RegionTimer:
             h.remove()
 
 
+def ort_region_profile(model: nn.Module, imgsz: int, batch: int, threads: int, repeats: int = 3) -> dict[str, dict]:
+    """Per region: ms of one batch in ONNX Runtime (its own per-node profile, mean of ``repeats`` runs).
+
+    Nodes are attributed by the module path the exporter writes into their names (``.../model.N/...``);
+    nodes without one (the graph's glue) go to "other".
+    """
+    import json
+    import re
+    import tempfile
+
+    from rtdetr_prune import bench_onnx
+
+    fused = copy.deepcopy(model).eval().fuse(verbose=False)
+    names = regions(fused)
+    x = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = bench_onnx.export(fused, x, Path(tmp) / "model.onnx")
+        sess = bench_onnx.session(path, torch.device("cpu"), threads)
+        sess.run(None, {bench_onnx.INPUT: x.numpy()})  # warm-up, unprofiled session
+        sess = bench_onnx.session(path, torch.device("cpu"), threads, profile_prefix=str(Path(tmp) / "prof"))
+        sess.run(None, {bench_onnx.INPUT: x.numpy()})  # warm-up of the profiled session, dropped below
+        runs_before = 1
+        for _ in range(repeats):
+            sess.run(None, {bench_onnx.INPUT: x.numpy()})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_run = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    start = per_run[runs_before]["ts"] if len(per_run) > runs_before else 0  # skip the warm-up run's nodes
+    ms = dict.fromkeys([*dict.fromkeys(names.values()), "other"], 0.0)
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
+            continue
+        layer = re.search(r"/model\.(\d+)/", e["name"])
+        ms[names[int(layer.group(1))] if layer else "other"] += e["dur"] / 1000 / repeats
+    return {region: {"ms": value} for region, value in ms.items()}
+
+
 def op_profile(model: nn.Module, imgsz: int, batch: int, top: int = 10) -> list[dict]:
     """The operators that took the most self CPU time in one forward pass (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
@@ -189,9 +222,10 @@ def markdown(result: dict) -> str:
         out.append(md_table(head, [[r["model"], f"{r['gflops']:.2f}", f"{r['gflops_ratio']:.3f}",
                                     f"{r['latency_ms']:.1f}", f"{r['latency_ratio']:.3f}",
                                     f"{r['latency_over_gflops']:.3f}", f"{r['speedup_efficiency']:.3f}",
-                                    "yes" if r["meets_goal"] else "no"] for r in run["rows"][1:]]))
+                                    ("yes" if r["meets_goal"] else "no") if i else "(reference)"]
+                                   for i, r in enumerate(run["rows"])]))
         out.append("")
-    for backend, error in result["errors"].items():
+    for backend, error in result.get("errors", {}).items():
         out += [f"### {backend}: not timed", "", error, ""]
     for label, prof in result["profiles"].items():
         out += [f"### Where the time goes: base vs {label} (torch, one batch, forward hooks)", ""]
@@ -203,6 +237,14 @@ def markdown(result: dict) -> str:
                          f"{b['ms'] / prof['base']['ms']:.0%}", f"{p['ms'] / prof['pruned']['ms']:.0%}"])
         out.append(md_table(["region", "GFLOPs base", "GFLOPs pruned", "GFLOPs speed-up", "ms/batch base",
                              "ms/batch pruned", "time speed-up", "share base", "share pruned"], rows))
+        if "onnxruntime" in prof:
+            out += ["", f"ONNX Runtime, per region (its node profile, one batch), base vs {label}:", ""]
+            b_ms, p_ms = prof["onnxruntime"]["base"], prof["onnxruntime"]["pruned"]
+            b_total, p_total = sum(v["ms"] for v in b_ms.values()), sum(v["ms"] for v in p_ms.values())
+            out.append(md_table(["region", "ms/batch base", "ms/batch pruned", "time speed-up", "share base",
+                                 "share pruned"],
+                                [[r, f"{b_ms[r]['ms']:.0f}", f"{p_ms[r]['ms']:.0f}", _x(b_ms[r]["ms"], p_ms[r]["ms"]),
+                                  f"{b_ms[r]['ms'] / b_total:.0%}", f"{p_ms[r]['ms'] / p_total:.0%}"] for r in b_ms]))
         out += ["", f"Top operators by self CPU time (torch.profiler), base | {label}:", ""]
         ops = zip(prof["base"]["ops"], prof["pruned"]["ops"])
         out.append(md_table(["base op", "ms", "share", f"{label} op", "ms", "share"],
@@ -234,7 +276,7 @@ def main(argv=None) -> dict:
     result = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": info,
               "backends": {}, "errors": {}, "profiles": {}}
     for threads in [int(t) for t in args.threads.split(",")] if args.threads else [set_threads(None)]:
-        for backend in args.backends.split(","):
+        for backend in filter(None, args.backends.split(",")):
             key = f"{backend}, {threads} thread{'s' if threads > 1 else ''}"
             try:
                 run = bench(models, batch=args.batch, imgsz=args.imgsz, backend=backend, warmup=args.warmup,
@@ -252,6 +294,11 @@ def main(argv=None) -> dict:
             name: {"regions": (reg := region_profile(m, args.imgsz, args.batch)),
                    "ms": sum(r["ms"] for r in reg.values()), "ops": op_profile(m, args.imgsz, args.batch)}
             for name, m in (("base", models["base"]), ("pruned", models[label]))}
+        if "onnxruntime" in args.backends:
+            threads = set_threads(None)
+            result["profiles"][label]["onnxruntime"] = {
+                name: ort_region_profile(m, args.imgsz, args.batch, threads)
+                for name, m in (("base", models["base"]), ("pruned", models[label]))}
     result["headline"] = headline(result)
     write_results(args.out, "latency_vs_flops", result, markdown(result))
     print(result["headline"])

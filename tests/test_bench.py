@@ -1,11 +1,13 @@
 """The benchmark: both backends give one row per model, ratios to the first model, ONNX outputs checked
 against PyTorch's, and models timed interleaved (A B A B). No assertion here depends on real speed."""
 
+import copy
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import IMGSZ
 from rtdetr_prune import bench as bench_module
@@ -129,28 +131,17 @@ def test_onnx_mismatch_is_refused(pair, monkeypatch):
     assert isinstance(info.value, UserError)  # the CLI prints it as one line
 
 
-class FakeSession:
-    """Stands in for an ONNX Runtime session: returns fixed raw outputs."""
-
-    def __init__(self, boxes, logits):
-        self.out = [boxes.numpy(), logits.numpy()]
-
-    def run(self, names, feed):
-        return self.out
-
-
 def test_diff_ignores_query_order_but_not_values():
-    """Raw outputs (1, B, Q, 4) and (1, B, Q, nc): a permutation of queries is the same model's answer."""
+    """Rows (B, Q, 4 + nc): a permutation of queries is the same model's answer."""
     g = torch.Generator().manual_seed(0)
-    boxes, logits = torch.rand(1, 2, 30, 4, generator=g), torch.randn(1, 2, 30, 3, generator=g)
-    ref = (None, boxes, logits)
+    rows = torch.cat([torch.rand(2, 30, 4, generator=g), torch.randn(2, 30, 3, generator=g)], -1).double()
     perm = torch.randperm(30, generator=g)
-    x = torch.zeros(2, 3, IMGSZ, IMGSZ)
-    assert bench_onnx.max_abs_diff(FakeSession(boxes[:, :, perm], logits[:, :, perm]), x, ref) == 0.0
-    moved = logits.clone()
-    moved[0, 1, 7, 2] += 5.0  # far from every row
-    assert bench_onnx.max_abs_diff(FakeSession(boxes, moved), x, ref) >= 1.0
-    assert bench_onnx.max_abs_diff(FakeSession(boxes, logits * float("nan")), x, ref) == float("inf")
+    assert bench_onnx.image_diffs(rows, rows[:, perm]) == [0.0, 0.0]
+    moved = rows.clone()
+    moved[1, 7, 6] += 5.0  # far from every row
+    diffs = bench_onnx.image_diffs(rows, moved)
+    assert diffs[0] == 0.0 and diffs[1] >= 1.0
+    assert bench_onnx.image_diffs(rows, rows * float("nan")) == [float("inf")] * 2
 
 
 def test_nan_difference_is_refused():
@@ -166,3 +157,42 @@ def test_half_on_cpu_is_refused():
 def test_unknown_backend_suggests():
     with pytest.raises(UserError, match="Did you mean 'onnxruntime'"):
         bench(["rtdetr-tiny"], backend="onnxrt")
+
+
+def _export_and_check(model, x, tmp_path, sabotage=None, atol=1e-3) -> bench_onnx.OutputCheck:
+    """Export ``model`` (after ``sabotage`` on a copy, if given) and check it against the intact model."""
+    fused = metrics._fused(model)
+    exported = copy.deepcopy(fused)
+    if sabotage:
+        with torch.no_grad():
+            sabotage(exported)
+    path = bench_onnx.export(exported, x, tmp_path / "m.onnx")
+    return bench_onnx.check_outputs(bench_onnx.session(path, torch.device("cpu"), 1), fused, x, atol)
+
+
+def _tie_every_anchor(model):
+    """Every anchor gets the same encoder score: the query selection is a pure tie."""
+    head = model.model[-1]
+    with torch.no_grad():
+        head.enc_score_head.weight.zero_()
+        head.enc_score_head.bias.fill_(0.5)
+    return model
+
+
+def test_tied_query_selection_is_compared_up_to_the_decoder_inputs(pair, tmp_path):
+    x = torch.rand(2, 3, IMGSZ, IMGSZ, generator=torch.Generator().manual_seed(0))
+    clean = _export_and_check(pair[1][1], x, tmp_path)
+    assert clean.tied_images == 0 and clean.images == 2 and clean.max_abs_diff <= 1e-4
+
+    def bump_logits(m):
+        m.model[-1].dec_score_head[-1].bias += 1.0  # decoder outputs only
+
+    assert _export_and_check(pair[1][1], x, tmp_path, bump_logits).max_abs_diff >= 0.5  # untied: caught
+    tied = _tie_every_anchor(copy.deepcopy(pair[1][1]))
+    result = _export_and_check(tied, x, tmp_path, bump_logits)
+    assert result.tied_images == 2 and result.max_abs_diff <= 1e-4  # a tie: decoder rows not compared
+
+    def bump_projection(m):
+        m.model[-1].input_proj[0][1].bias += 1.0  # BatchNorm of the last pruned layer: changes what the decoder gets
+
+    assert _export_and_check(tied, x, tmp_path, bump_projection).max_abs_diff >= 0.5  # tied, still caught

@@ -95,3 +95,16 @@ def test_gpu_latency_says_clearly_when_there_is_no_gpu(capsys):
         gpu_latency.main([])
     assert e.value.code != 0
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_onnxruntime_region_profile_attributes_nodes_to_regions():
+    import torch
+    from latency_vs_flops import ort_region_profile
+
+    from rtdetr_prune.zoo import load_model
+
+    torch.manual_seed(0)
+    prof = ort_region_profile(load_model("rtdetr-tiny", nc=3), imgsz=64, batch=1, threads=1, repeats=1)
+    assert set(prof) == {"backbone", "AIFI", "encoder (CCFF)", "decoder", "other"}
+    assert all(prof[r]["ms"] > 0 for r in ("backbone", "AIFI", "encoder (CCFF)", "decoder"))
+    assert prof["other"]["ms"] < sum(v["ms"] for v in prof.values()) / 2  # most nodes carry a layer's name

@@ -19,6 +19,7 @@ from rtdetr_prune.engine import PruneOptions, prune_to_target
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.evaluate import val_map
 from rtdetr_prune.methods import get_method
+from rtdetr_prune.threads import torch_threads
 from rtdetr_prune.trainer import PrunedTrainer, finetune, sparse_train, train_args, train_baseline
 from rtdetr_prune.trainer_sparse import SparseOptions, Sparsifier, SparseTrainer, reg_at
 from rtdetr_prune.zoo import load_model
@@ -231,3 +232,15 @@ def test_sparse_options_reach_ddp_workers_through_the_callbacks(pruned, data_yam
     assert type(worker) is SparseTrainer and worker.sparsifier.options == options
     assert sum(cb.__self__ is worker.sparsifier for cb in worker.callbacks["on_train_start"]
                if hasattr(cb, "__self__")) == 1  # registered once, not again by the worker's constructor
+
+
+def test_trainer_and_validation_keep_the_thread_count(pruned, data_yaml, tmp_path):
+    """Ultralytics' CPU device selection sets min(8, cpus - 1) threads for good; ours keep the caller's."""
+    from ultralytics.utils import NUM_THREADS
+
+    wanted = NUM_THREADS + 1
+    with torch_threads(wanted):
+        PrunedTrainer(overrides=run_args(pruned.path, data_yaml, 1, tmp_path, "threads"))
+        assert torch.get_num_threads() == wanted
+        val_map(load_model(pruned.path), data_yaml, IMGSZ, BATCH, "cpu", 0, tmp_path / "val")
+        assert torch.get_num_threads() == wanted

@@ -27,6 +27,7 @@ from torch import nn
 from rtdetr_prune import bench_onnx, metrics
 from rtdetr_prune.bench_timing import Timer, interleaved, physical_cores, summarize, torch_runner
 from rtdetr_prune.errors import UserError, suggest
+from rtdetr_prune.threads import torch_threads
 
 BACKENDS = ("torch", "onnxruntime")
 ATOL = {False: 1e-3, True: 5e-2}  # ONNX-vs-PyTorch tolerance on raw decoder outputs: fp32, fp16
@@ -62,8 +63,8 @@ def bench(
         warmup: untimed rounds first.
         repeats: timed rounds; medians are over these.
         onnx_dir: keep the exported ``.onnx`` files here (a temporary folder otherwise).
-        atol: largest accepted ONNX-vs-PyTorch absolute difference on the raw decoder outputs
-            (default 1e-3 in fp32, 5e-2 in fp16).
+        atol: largest accepted ONNX-vs-PyTorch absolute difference on the decoder's inputs and raw
+            outputs (default 1e-3 in fp32, 5e-2 in fp16); see :func:`bench_onnx.check_outputs`.
         nc: classes for models built from YAML (ignored for checkpoints and objects).
         threads: CPU threads for PyTorch and ONNX Runtime intra-op work (default: physical cores).
         timer: clock in seconds (injectable for tests).
@@ -72,7 +73,9 @@ def bench(
         ``{"backend", "device", "batch", "imgsz", "half", "threads", "warmup", "repeats", "atol",
         "rows"}``; each row has ``model``, ``params``, ``gflops`` (per image), ``latency_ms``
         (median per image), ``latency_ratio`` and ``gflops_ratio`` (to the first model),
-        ``onnx_max_abs_diff`` and ``onnx_file`` (None for the torch backend or a temporary file).
+        ``onnx_max_abs_diff``, ``onnx_tied_images`` (check images whose query selection was a tie,
+        compared up to the decoder's inputs) and ``onnx_file`` (None for the torch backend or a
+        temporary file).
 
     Raises:
         UserError: bad options, unloadable models, or (as ``OnnxMismatch``) an ONNX export whose
@@ -85,7 +88,7 @@ def bench(
     counts = [metrics.params_and_gflops(m, imgsz) for _, m in named]
     fused = [_prepare(m, dev, half) for _, m in named]
     x = _images(batch, imgsz, dev, half)
-    with _torch_threads(threads), _folder(onnx_dir) as folder:
+    with torch_threads(threads), _folder(onnx_dir) as folder:
         if backend == "torch":
             runners, diffs, files = [torch_runner(m, x) for m in fused], [None] * len(fused), [None] * len(fused)
         else:
@@ -114,7 +117,7 @@ def format_bench(result: dict) -> str:
     ]
     onnx = result["backend"] == "onnxruntime"
     head = ["model", "params (M)", "GFLOPs", "latency ms/img", "latency ratio", "GFLOPs ratio",
-            "latency ratio / GFLOPs ratio"] + (["ONNX max abs diff"] if onnx else [])
+            "latency ratio / GFLOPs ratio"] + (["ONNX max abs diff (images with tied query selection)"] if onnx else [])
     lines += [_md(head), _md(["---"] + ["---:"] * (len(head) - 1))]
     lines += [_md(_cells(r, onnx)) for r in result["rows"]]
     return "\n".join(lines)
@@ -123,7 +126,10 @@ def format_bench(result: dict) -> str:
 def _cells(r: dict, onnx: bool) -> list[str]:
     cells = [r["model"], f"{r['params'] / 1e6:.2f}", f"{r['gflops']:.2f}", f"{r['latency_ms']:.2f}",
              f"{r['latency_ratio']:.3f}", f"{r['gflops_ratio']:.3f}", f"{r['latency_ratio'] / r['gflops_ratio']:.3f}"]
-    return cells + ([f"{r['onnx_max_abs_diff']:.2e}"] if onnx else [])
+    if not onnx:
+        return cells
+    tied = f" ({r['onnx_tied_images']} tied)" if r.get("onnx_tied_images") else ""
+    return cells + [f"{r['onnx_max_abs_diff']:.2e}{tied}"]
 
 
 def _md(cells: list[str]) -> str:
@@ -185,13 +191,11 @@ def _onnx_runners(named, fused, x, folder: Path, dev, threads: int, atol: float)
     runners, diffs, files = [], [], []
     for i, ((label, _), model) in enumerate(zip(named, fused)):
         path = bench_onnx.export(model, x, folder / f"{i}-{_safe(label)}.onnx")
-        with torch.inference_mode():
-            reference = bench_onnx.RawOutputs(model)(x)
         sess = bench_onnx.session(path, dev, threads)
-        diff = bench_onnx.max_abs_diff(sess, x, reference)
-        bench_onnx.check_close(label, diff, atol)
+        check = bench_onnx.check_outputs(sess, model, x, atol)
+        bench_onnx.check_close(label, check.max_abs_diff, atol)
         runners.append(bench_onnx.ort_runner(sess, x))
-        diffs.append(diff)
+        diffs.append(check)
         files.append(str(path))
     return runners, diffs, files
 
@@ -200,7 +204,8 @@ def _row(label: str, counts: tuple[int, float], base: tuple[int, float], timing:
     params, gflops = counts
     return {"model": label, "params": params, "gflops": gflops, "latency_ms": timing["latency_ms"],
             "latency_ratio": timing["latency_ratio"], "gflops_ratio": gflops / base[1],
-            "onnx_max_abs_diff": diff, "onnx_file": file}
+            "onnx_max_abs_diff": None if diff is None else diff.max_abs_diff,
+            "onnx_tied_images": None if diff is None else diff.tied_images, "onnx_file": file}
 
 
 def _thread_settings(backend: str, threads: int) -> dict:
@@ -210,17 +215,6 @@ def _thread_settings(backend: str, threads: int) -> dict:
                 "physical_cores": physical_cores()}
     return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
             "physical_cores": physical_cores()}
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """PyTorch intra-op threads set to ``n`` for the block, then restored (it is process-wide)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _folder(onnx_dir: str | Path | None):

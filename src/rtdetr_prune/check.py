@@ -23,6 +23,7 @@ from torch import nn
 
 from rtdetr_prune import metrics, rules
 from rtdetr_prune.adapter import DECODER_REASON
+from rtdetr_prune.engine import PruneOptions
 from rtdetr_prune.graph import TracedGraph, trace
 from rtdetr_prune.planner import FlopPlanner, layer_gflops
 from rtdetr_prune.probe import Plan, analyse
@@ -51,8 +52,8 @@ ADVICE = {
 ADVICE["changes-outputs"] = ADVICE["breaks"]
 
 
-def check_model(model: nn.Module, imgsz: int = 640, round_to: int = 8, max_layer_ratio: float = 0.8,
-                plan: Plan | None = None) -> dict:
+def check_model(model: nn.Module, imgsz: int = 640, round_to: int = PruneOptions.round_to,
+                max_layer_ratio: float = 0.8, plan: Plan | None = None) -> dict:
     """Prunability report of an RT-DETR model.
 
     Args:

@@ -18,6 +18,7 @@ import logging
 import sys
 
 from rtdetr_prune.errors import UserError
+from rtdetr_prune.recipe import Recipe
 
 EXIT_USER_ERROR = 2
 
@@ -79,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", parents=[common], help="can this model be pruned, and how far?")
     c.add_argument("--model", required=True, help="zoo name, RT-DETR .yaml, .pt checkpoint or pruned-model dir")
     c.add_argument("--imgsz", type=int, default=640, help="image side for GFLOPs (pixels, multiple of 32)")
-    c.add_argument("--round-to", type=int, default=8, help="channel unit (default 8)")
+    c.add_argument("--round-to", type=int, default=Recipe.round_to,
+                   help=f"channel unit (default {Recipe.round_to})")
     c.add_argument("--max-layer-ratio", type=float, default=0.8, help="largest share of a layer group to prune")
     c.add_argument("--json", action="store_true", help="print JSON instead of text")
     c.set_defaults(func=_cmd_check)
@@ -155,7 +157,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per recipe field (``speed_up`` -> ``--speed-up``); defaults None, so only given flags override."""
-    from rtdetr_prune.recipe import Recipe
 
     for f in dataclasses.fields(Recipe):
         flag = "--" + f.name.replace("_", "-")
@@ -180,7 +181,7 @@ def _cmd_check(args) -> int:
 
 def _cmd_prune(args) -> int:
     from rtdetr_prune.pipeline import prune
-    from rtdetr_prune.recipe import Recipe, load_recipe
+    from rtdetr_prune.recipe import load_recipe
 
     flags = {k: v for k, v in vars(args).items() if k in Recipe.keys() and v is not None}
     if args.resume and (flags or args.config):

@@ -12,6 +12,7 @@ from rtdetr_prune.data import make_synthetic
 
 ASSET = Path(__file__).parent / "assets" / "demo-tiny"  # made by scripts/make_demo_checkpoint.py
 DEMO_DATA = {"images": 96, "imgsz": 160, "seed": 0}  # the data the shipped checkpoint was trained on
+DEMO_ROUND_TO = 8  # the demo model's layers are 16-128 channels wide: the default units of 16 would halve them
 
 
 def run_demo(project: str | Path = "runs/demo", epochs: int = 30, method: str = "lamp", speed_up: float = 1.5) -> dict:
@@ -22,5 +23,6 @@ def run_demo(project: str | Path = "runs/demo", epochs: int = 30, method: str = 
     project = Path(project)
     data = make_synthetic(project / "data", **DEMO_DATA)
     recipe = Recipe(model=str(ASSET), data=str(data), method=method, speed_up=speed_up, epochs=epochs,
-                    imgsz=DEMO_DATA["imgsz"], batch=16, workers=0, device="cpu", project=str(project), name=method)
+                    imgsz=DEMO_DATA["imgsz"], round_to=DEMO_ROUND_TO, batch=16, workers=0, device="cpu",
+                    project=str(project), name=method)
     return prune(recipe)

@@ -40,7 +40,8 @@ class PruneOptions:
     step_ratio: float = 0.1  # share of each group's channels (global: of all channels) removed per step;
     #                          small steps let data-driven criteria re-score between steps
     global_pruning: bool = False  # rank channels across groups (per-group share otherwise)
-    round_to: int = 8  # keep channel counts multiples of 8: what GPU kernels and NPUs tile by
+    round_to: int = 16  # channel counts stay multiples of 16: CPU conv kernels block channels by 16
+    #                   (oneDNN nChw16c, measured: docs/benchmarks.md), GPU tensor cores and NPUs by 8 or 16
     max_layer_ratio: float = 0.8  # no group loses more than 80% of its channels: keeps every path alive
     imgsz: int = 640  # GFLOPs are counted at this square image size, pixels
     tolerance: float = 0.03  # stop at most 3% past the target

@@ -93,7 +93,7 @@ def _sparse(model, method: str, recipe: Recipe, run_dir: Path) -> Path:
     start = save_checkpoint(model, run_dir / "weights" / "baseline.pt", train_args=_train_args(recipe))
     return sparse_train(start, recipe.data, method, recipe.sparse_epochs, recipe.reg, recipe.delta_reg,
                         recipe.reg_schedule, recipe.imgsz, recipe.batch, recipe.device, recipe.workers,
-                        run_dir, "sparse", recipe.seed, exist_ok=True)
+                        run_dir, "sparse", recipe.seed, round_to=recipe.round_to, exist_ok=True)
 
 
 def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Path) -> dict:

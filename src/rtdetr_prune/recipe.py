@@ -26,7 +26,7 @@ class Recipe:
     max_steps: int = 50  # safety stop; at step_ratio 0.1, 2x takes about 5-8 steps
     step_ratio: float = 0.1  # share of channels removed per step: small enough to re-score between steps
     global_pruning: bool = False  # rank channels across layers (per-layer share otherwise: safer for detection heads)
-    round_to: int = 8  # channel counts stay multiples of 8, what GPU kernels and NPUs tile by
+    round_to: int = 16  # channel counts stay multiples of 16: what CPU conv kernels block by (8 for GPUs is enough)
     max_layer_ratio: float = 0.8  # no layer group loses more than 80% of its channels
     grad_batches: int = 8  # data batches per step for group_taylor / group_hessian
     epochs: int = 50  # finetune epochs after pruning (0 skips): RT-DETR needs tens of epochs to recover

@@ -23,6 +23,7 @@ from ultralytics.utils import DEFAULT_CFG, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from rtdetr_prune.errors import UserError
+from rtdetr_prune.threads import keep_threads
 from rtdetr_prune.zoo import ZOO
 
 
@@ -43,10 +44,16 @@ class PrunedTrainer(RTDETRTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None,
                  validate_first: bool = False):
-        super().__init__(cfg, overrides, _callbacks)
+        with keep_threads():  # Ultralytics' CPU device selection would leave one thread (threads.py)
+            super().__init__(cfg, overrides, _callbacks)
         self.start_metrics: dict | None = None
         if validate_first and record_start_metrics not in self.callbacks["on_train_start"]:
             self.add_callback("on_train_start", record_start_metrics)
+
+    def train(self):
+        """Ultralytics' training; its final stand-alone validation may not change the thread count."""
+        with keep_threads():
+            return super().train()
 
     def get_model(self, cfg: str | dict | None = None, weights: nn.Module | None = None, verbose: bool = True):
         """The loaded model itself (float32) when there is one, else a new model built from ``cfg``.
@@ -165,7 +172,7 @@ def train_baseline(model_name_or_yaml, data, epochs: int, imgsz: int, batch: int
 
 def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg: float, reg_schedule: str,
                  imgsz: int, batch: int, device: str, workers: int, project, name: str, seed: int,
-                 **overrides) -> Path:
+                 round_to: int | None = None, **overrides) -> Path:
     """Sparse-train a checkpoint for a method that needs it (slim, group_slim, group_sl, group_reg).
 
     Args:
@@ -173,6 +180,8 @@ def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg
         reg: penalty strength at the first epoch; ``reg_schedule`` ("constant", "linear", "step")
             scales it over the epochs (see :func:`rtdetr_prune.trainer_sparse.reg_at`).
         delta_reg: growth of group_reg's penalty per epoch (other methods ignore it).
+        round_to: the channel unit pruning will use (default: the engine's); groups narrower than
+            one unit are never pruned, so they are not penalized.
         Others: as for :func:`finetune`.
 
     Returns:
@@ -181,7 +190,8 @@ def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg
     """
     from rtdetr_prune.trainer_sparse import SparseOptions, SparseTrainer  # late: it subclasses PrunedTrainer
 
-    options = SparseOptions(method=method, reg=reg, delta_reg=delta_reg, schedule=reg_schedule)
+    unit = {} if round_to is None else {"round_to": round_to}
+    options = SparseOptions(method=method, reg=reg, delta_reg=delta_reg, schedule=reg_schedule, **unit)
     args = train_args(model_pt, data, epochs, imgsz, batch, device, workers, project, name, seed, **overrides)
     trainer = SparseTrainer(overrides=args, sparse=options)
     trainer.train()

@@ -52,6 +52,7 @@ class SparseOptions:
     delta_reg: float = 1e-5  # group_reg only: per-epoch growth of the penalty of its weakest channels
     schedule: str = "constant"  # how `reg` changes over the epochs, see reg_at()
     threshold: float = 1e-2  # a BatchNorm scale |gamma| below this counts as sparse (in the log only)
+    round_to: int = PruneOptions.round_to  # the channel unit pruning will use: groups narrower are left alone
 
     def __post_init__(self):
         method = get_method(self.method)
@@ -208,7 +209,7 @@ def build_pruner(model: nn.Module, method: Method, options: SparseOptions, imgsz
         (pruner, region, ignored): the region is the module to pass to ``pruner.regularize``;
         ignored are the layers the penalty leaves alone (see :func:`untouchable_layers`).
     """
-    ignored = untouchable_layers(model)
+    ignored = untouchable_layers(model, options.round_to)
     region = RTDETRAdapter(model).region()
     kwargs = {"reg": options.reg, **dict(method.pruner_kwargs)}
     if "delta_reg" in inspect.signature(method.pruner).parameters:
@@ -223,16 +224,16 @@ def build_pruner(model: nn.Module, method: Method, options: SparseOptions, imgsz
     return pruner, region, ignored
 
 
-def untouchable_layers(model: nn.Module) -> list[nn.Module]:
+def untouchable_layers(model: nn.Module, round_to: int = PruneOptions.round_to) -> list[nn.Module]:
     """Layers the penalty must leave alone: the protected ones, and every layer whose output channels
     belong to a group the pruning engine skips (shrinking channels that are never removed only costs accuracy).
 
-    Groups are judged at the default ``round_to`` (a group narrower than one unit is never pruned).
+    Groups are judged at the ``round_to`` pruning will use (a group narrower than one unit is never pruned).
 
     Raises:
         UserError: the model has layers Torch-Pruning cannot trace (the penalty needs the whole graph).
     """
-    plan = analyse(model, unit=PruneOptions.round_to)
+    plan = analyse(model, unit=round_to)
     if plan.opaque_types:
         names = ", ".join(t.__name__ for t in plan.opaque_types)
         raise UserError(f"Sparse training needs a fully traceable model, but Torch-Pruning cannot trace {names}. "
