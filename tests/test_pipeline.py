@@ -101,15 +101,35 @@ def test_killed_during_finetune_resumes_at_its_epoch(data_yaml, tmp_path):
     assert epochs_done >= 1
 
 
-def test_killed_during_sparse_training_resumes(data_yaml, tmp_path):
+def test_killed_during_sparse_training_resumes_at_its_epoch(data_yaml, tmp_path):
     run = tmp_path / "run"
-    cmd = _cli(*_args(data_yaml, tmp_path, "run", "group_slim", "--sparse-epochs", "2", "--epochs", "1"))
-    _kill_when(cmd, lambda: (run / "sparse").is_dir() and (run / "state.json").is_file())
+    cmd = _cli(*_args(data_yaml, tmp_path, "run", "group_slim", "--sparse-epochs", "3", "--epochs", "1"))
+    results = run / "sparse" / "results.csv"
+    _kill_when(cmd, lambda: _csv_rows(results) >= 1 and (run / "sparse" / "weights" / "last.pt").is_file())
     state = json.loads((run / "state.json").read_text())
     assert "baseline" in state and "sparse" not in state
+    first_epoch = results.read_text().splitlines()[1]  # includes its wall time: a restart would rewrite it
     report = _resume_and_check(run)
+    assert results.read_text().splitlines()[1] == first_epoch
     kept = {k: v for k, v in report["baseline"].items() if k != "latency_ms"}  # latency: timed at the end, side by side
     assert kept == {k: v for k, v in state["baseline"].items() if k != "latency_ms"}, "the baseline stage is kept"
+    epochs = [int(float(line.split(",")[0])) for line in results.read_text().strip().splitlines()[1:]]
+    assert epochs == [1, 2, 3], epochs  # continued, not restarted
+    sparsity = (run / "sparse" / "sparsity.csv").read_text().strip().splitlines()[1:]
+    assert [int(line.split(",")[0]) for line in sparsity] == [1, 2, 3]  # the log kept its first rows
+
+
+def test_training_finished_but_not_recorded_is_reused(data_yaml, tmp_path):
+    """Killed after finetuning ended but before its stage was recorded: resume takes the finished run."""
+    assert main(_args(data_yaml, tmp_path, "run", "l1", "--epochs", "1", "--no-latency")) == 0
+    run = tmp_path / "run"
+    state = json.loads((run / "state.json").read_text())
+    best = _sha(Path(state["finetuned"]["checkpoint"]))
+    del state["finetuned"]
+    (run / "state.json").write_text(json.dumps(state))
+    _resume_and_check(run)
+    resumed = json.loads((run / "state.json").read_text())["finetuned"]["checkpoint"]
+    assert _sha(Path(resumed)) == best and _csv_rows(run / "finetune" / "results.csv") == 1  # not trained again
 
 
 def test_resume_rejects_a_non_run_directory(tmp_path, capsys):

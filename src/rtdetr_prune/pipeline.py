@@ -2,8 +2,9 @@
 
 Only this module writes run artifacts. Each stage's outputs are written atomically as soon as the
 stage ends, and ``state.json`` records the finished stages, so an interrupted run keeps everything it
-finished and ``rtdetr-prune prune --resume RUN_DIR`` continues from the first unfinished stage (a
-finetune continues from its last epoch).
+finished and ``rtdetr-prune prune --resume RUN_DIR`` continues from the first unfinished stage (sparse
+training and finetuning continue from their last saved epoch; a training run that ended but was not yet
+recorded is taken as it is).
 
 Run directory layout::
 
@@ -88,12 +89,18 @@ def _sparse(model, method: str, recipe: Recipe, run_dir: Path) -> Path:
     if recipe.sparse_model:
         load_model(recipe.sparse_model)  # fail early and clearly if it is not usable
         return Path(recipe.sparse_model)
-    from rtdetr_prune.trainer import sparse_train
+    from rtdetr_prune.trainer import run_status, sparse_train
 
-    start = save_checkpoint(model, run_dir / "weights" / "baseline.pt", train_args=_train_args(recipe))
+    status = run_status(run_dir / "sparse" / "weights" / "last.pt", recipe.sparse_epochs)
+    if status == "finished":  # killed after training, before the stage was recorded
+        return _kept(run_dir / "sparse")
+    start = run_dir / "weights" / "baseline.pt"
+    if status == "new":
+        save_checkpoint(model, start, train_args=_train_args(recipe))
     return sparse_train(start, recipe.data, method, recipe.sparse_epochs, recipe.reg, recipe.delta_reg,
                         recipe.reg_schedule, recipe.imgsz, recipe.batch, recipe.device, recipe.workers,
-                        run_dir, "sparse", recipe.seed, round_to=recipe.round_to, exist_ok=True)
+                        run_dir, "sparse", recipe.seed, round_to=recipe.round_to, resume=status == "unfinished",
+                        exist_ok=True)
 
 
 def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Path) -> dict:
@@ -117,13 +124,21 @@ def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Pa
 
 def _finetune(run_dir: Path, recipe: Recipe) -> Path:
     """Finetune weights/pruned.pt at its own widths (continuing an interrupted finetune); return best.pt."""
-    from rtdetr_prune.trainer import finetune
+    from rtdetr_prune.trainer import finetune, run_status
 
-    last = run_dir / "finetune" / "weights" / "last.pt"
+    status = run_status(run_dir / "finetune" / "weights" / "last.pt", recipe.epochs)
+    if status == "finished":  # killed after training, before the stage was recorded
+        return _kept(run_dir / "finetune")
     trainer = finetune(run_dir / "weights" / "pruned.pt", recipe.data, recipe.epochs, recipe.imgsz, recipe.batch,
-                       recipe.device, recipe.workers, run_dir, "finetune", recipe.seed, resume=last.is_file(),
-                       exist_ok=True)
+                       recipe.device, recipe.workers, run_dir, "finetune", recipe.seed,
+                       resume=status == "unfinished", exist_ok=True)
     return trainer.best if trainer.best.is_file() else trainer.last
+
+
+def _kept(train_dir: Path) -> Path:
+    """The checkpoint a finished Ultralytics run keeps: weights/best.pt, else weights/last.pt."""
+    best = train_dir / "weights" / "best.pt"
+    return best if best.is_file() else train_dir / "weights" / "last.pt"
 
 
 def _latencies(baseline, run_dir: Path, recipe: Recipe, state: dict) -> dict:

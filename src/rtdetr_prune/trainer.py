@@ -142,14 +142,23 @@ def finetune(model_pt, data, epochs: int, imgsz: int, batch: int, device: str, w
     return trainer
 
 
-def _resumable(last: Path, epochs: int) -> Path:
-    """``last`` if it holds an unfinished run, else a UserError that says what to do."""
+def run_status(last: Path, epochs: int) -> str:
+    """Where an Ultralytics run stands, from its ``weights/last.pt``: "new" (no file), "unfinished"
+    (resumable) or "finished" (Ultralytics marks a finished run's last.pt with epoch -1)."""
     from ultralytics.utils.patches import torch_load
 
     if not last.is_file():
+        return "new"
+    epoch = torch_load(last, map_location="cpu").get("epoch", -1)
+    return "finished" if epoch < 0 or epoch + 1 >= epochs else "unfinished"
+
+
+def _resumable(last: Path, epochs: int) -> Path:
+    """``last`` if it holds an unfinished run, else a UserError that says what to do."""
+    status = run_status(last, epochs)
+    if status == "new":
         raise UserError(f"Nothing to resume: '{last}' does not exist. Check the project and name of the run.")
-    epoch = torch_load(last, map_location="cpu").get("epoch", -1)  # Ultralytics sets -1 when a run finishes
-    if epoch < 0 or epoch + 1 >= epochs:
+    if status == "finished":
         raise UserError(f"The run in '{last.parent.parent}' is finished; start a new run instead of resuming it.")
     return last
 
@@ -172,7 +181,7 @@ def train_baseline(model_name_or_yaml, data, epochs: int, imgsz: int, batch: int
 
 def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg: float, reg_schedule: str,
                  imgsz: int, batch: int, device: str, workers: int, project, name: str, seed: int,
-                 round_to: int | None = None, **overrides) -> Path:
+                 round_to: int | None = None, resume: bool = False, **overrides) -> Path:
     """Sparse-train a checkpoint for a method that needs it (slim, group_slim, group_sl, group_reg).
 
     Args:
@@ -182,6 +191,9 @@ def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg
         delta_reg: growth of group_reg's penalty per epoch (other methods ignore it).
         round_to: the channel unit pruning will use (default: the engine's); groups narrower than
             one unit are never pruned, so they are not penalized.
+        resume: continue the interrupted run in ``project/name`` at the epoch after its last saved one
+            (the schedule and sparsity.csv continue; group_reg's per-channel penalty growth restarts
+            from ``reg``, as it lives only in memory).
         Others: as for :func:`finetune`.
 
     Returns:
@@ -193,9 +205,12 @@ def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg
     unit = {} if round_to is None else {"round_to": round_to}
     options = SparseOptions(method=method, reg=reg, delta_reg=delta_reg, schedule=reg_schedule, **unit)
     args = train_args(model_pt, data, epochs, imgsz, batch, device, workers, project, name, seed, **overrides)
+    if resume:
+        args["resume"] = str(_resumable(Path(args["project"]) / name / "weights" / "last.pt", epochs))
     trainer = SparseTrainer(overrides=args, sparse=options)
     trainer.train()
     return trainer.best if trainer.best.is_file() else trainer.last
 
 
-__all__ = ["PrunedTrainer", "finetune", "record_start_metrics", "sparse_train", "train_args", "train_baseline"]
+__all__ = ["PrunedTrainer", "finetune", "record_start_metrics", "run_status", "sparse_train", "train_args",
+           "train_baseline"]

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import csv
 import inspect
 import logging
 from dataclasses import dataclass
@@ -129,8 +130,15 @@ class Sparsifier:
             self._hook = None
 
     def on_train_start(self, trainer) -> None:
-        """Attach to the model as training receives it (on its device, optimizer built)."""
+        """Attach to the model as training receives it (on its device, optimizer built); a resumed run
+        keeps the sparsity.csv rows of the epochs it does not redo."""
         self.attach(unwrap_model(trainer.model), trainer.optimizer)
+        csv_path = trainer.save_dir / "sparsity.csv"
+        if trainer.start_epoch > 0 and csv_path.is_file():
+            with open(csv_path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if int(r["epoch"]) <= trainer.start_epoch]
+            self.rows = {int(r["epoch"]) - 1: {"epoch": int(r["epoch"]), "reg": float(r["reg"]),
+                                               "sparsity": float(r["sparsity"])} for r in kept}
 
     def on_train_epoch_start(self, trainer) -> None:
         """Set this epoch's penalty strength from the schedule."""
