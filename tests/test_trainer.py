@@ -244,3 +244,28 @@ def test_trainer_and_validation_keep_the_thread_count(pruned, data_yaml, tmp_pat
         assert torch.get_num_threads() == wanted
         val_map(load_model(pruned.path), data_yaml, IMGSZ, BATCH, "cpu", 0, tmp_path / "val")
         assert torch.get_num_threads() == wanted
+
+
+def test_ddp_worker_loads_the_plugins_the_launcher_loaded(data_yaml, tmp_path):
+    """A model with a user's module (from a --plugin file) trains in the DDP worker: the worker loads
+    the plugin named in RTDETR_PRUNE_PLUGINS before unpickling the model."""
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+
+    from rtdetr_prune import rules
+
+    examples = Path(__file__).parent.parent / "examples"
+    with rules.scoped():
+        rules.load_plugin(examples / "my_modules.py")
+        assert str((examples / "my_modules.py").resolve()) in os.environ[rules.PLUGINS_ENV]
+        torch.manual_seed(0)
+        path = save_checkpoint(load_model(str(examples / "rtdetr-my-modules.yaml"), nc=3), tmp_path / "mine.pt")
+        trainer = PrunedTrainer(overrides=run_args(path, data_yaml, 1, tmp_path, "ddp"))
+        file = generate_ddp_file(trainer)
+        try:
+            env = {**os.environ, "OMP_NUM_THREADS": "2"}  # carries RTDETR_PRUNE_PLUGINS, as DDP's launcher does
+            done = subprocess.run([sys.executable, file], timeout=600, env=env, capture_output=True, text=True)
+        finally:
+            ddp_cleanup(trainer, file)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert trainer.last.is_file()
+    assert rules.PLUGINS_ENV not in os.environ or "my_modules" not in os.environ[rules.PLUGINS_ENV]  # scoped

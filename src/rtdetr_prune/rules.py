@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,6 +36,7 @@ from rtdetr_prune.errors import UserError
 _PROTECTED: dict[type, str] = {}
 _PRUNERS: dict[type, object] = {}
 _REWRITES: dict[type, Callable[[nn.Module], nn.Module]] = {}
+PLUGINS_ENV = "RTDETR_PRUNE_PLUGINS"  # plugin files loaded in this process, for its child processes (DDP workers)
 REWRITTEN_FROM = "_rtdetr_prune_rewritten_from"  # attribute set on each module a rewrite produced
 
 
@@ -83,14 +85,20 @@ def unregister(cls: type) -> None:
 
 @contextlib.contextmanager
 def scoped() -> Iterator[None]:
-    """Undo, on exit, every registration and unregistration made inside the ``with`` block."""
+    """Undo, on exit, every registration and unregistration made inside the ``with`` block (and stop
+    passing the plugins loaded inside it to child processes)."""
     saved = [dict(t) for t in (_PROTECTED, _PRUNERS, _REWRITES)]
+    plugins = os.environ.get(PLUGINS_ENV)
     try:
         yield
     finally:
         for table, old in zip((_PROTECTED, _PRUNERS, _REWRITES), saved):
             table.clear()
             table.update(old)
+        if plugins is None:
+            os.environ.pop(PLUGINS_ENV, None)
+        else:
+            os.environ[PLUGINS_ENV] = plugins
 
 
 def protected_types() -> dict[type, str]:
@@ -157,12 +165,15 @@ def load_plugin(path: str | Path):
     The file is imported under its file name (``my_rules.py`` as ``my_rules``), with its folder on
     ``sys.path`` while it runs, so it can import modules next to it. Loading the same file again
     returns the module already loaded: its classes, and the rules keyed by them, stay the same.
+    Its path is added to the ``RTDETR_PRUNE_PLUGINS`` environment variable, so that processes started
+    from this one (Ultralytics' DDP workers) load it too (:func:`load_env_plugins`).
     """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"Plugin '{path}' not found. Give the path of a Python file that registers rules.")
     loaded = sys.modules.get(p.stem)
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == p.resolve():
+        _pass_on(p)
         return loaded
     spec = importlib.util.spec_from_file_location(p.stem, p)
     module = importlib.util.module_from_spec(spec)
@@ -176,7 +187,22 @@ def load_plugin(path: str | Path):
         raise UserError(f"Plugin '{path}' failed to import: {type(e).__name__}: {e}") from e
     finally:
         sys.path.remove(folder)
+    _pass_on(p)
     return module
+
+
+def _pass_on(path: Path) -> None:
+    """Name ``path`` in ``RTDETR_PRUNE_PLUGINS``, which processes started from this one inherit."""
+    known = [x for x in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if x]
+    if str(path.resolve()) not in known:
+        os.environ[PLUGINS_ENV] = os.pathsep.join([*known, str(path.resolve())])
+
+
+def load_env_plugins() -> None:
+    """Load the plugin files named in ``RTDETR_PRUNE_PLUGINS`` (set by the process that started this one)."""
+    for path in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):
+        if path:
+            load_plugin(path)
 
 
 def _require_module_class(cls, verb: str) -> None:

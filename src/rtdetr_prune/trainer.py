@@ -22,6 +22,7 @@ from ultralytics.models.rtdetr.train import RTDETRTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from rtdetr_prune import rules
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.threads import keep_threads
 from rtdetr_prune.zoo import ZOO
@@ -44,6 +45,7 @@ class PrunedTrainer(RTDETRTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None,
                  validate_first: bool = False):
+        rules.load_env_plugins()  # in a DDP worker: the user's modules and rules, before the model is loaded
         with keep_threads():  # Ultralytics' CPU device selection would leave one thread (threads.py)
             super().__init__(cfg, overrides, _callbacks)
         self.start_metrics: dict | None = None
