@@ -61,6 +61,8 @@ CASES = {
     # a project path below a regular file cannot be created, even by root (chmod would not stop root)
     "unwritable output": (lambda f, d: [*_prune(f, d)[:-1], str(f / "good.pt" / "runs")], "writable"),
     "check: missing model": (lambda f, d: ["check", "--model", str(f / "nope.pt")], "not found"),
+    "check: round-to 0": (lambda f, d: ["check", "--model", str(f / "good.pt"), "--round-to", "0"], "at least 1"),
+    "prune: round-to 0": (lambda f, d: _prune(f, d, "--round-to", "0"), "at least 1"),
     "val: class mismatch": (lambda f, d: ["val", "--model", str(f / "good.pt"), "--data", str(f / "five_classes.yaml"),
                                           "--imgsz", "160"], "3 classes"),
     "resume: not a run": (lambda f, d: ["prune", "--resume", str(f)], "not a run directory"),

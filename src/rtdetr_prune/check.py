@@ -23,7 +23,7 @@ from torch import nn
 
 from rtdetr_prune import metrics, rules
 from rtdetr_prune.adapter import DECODER_REASON
-from rtdetr_prune.engine import PruneOptions
+from rtdetr_prune.engine import PruneOptions, check_limits
 from rtdetr_prune.graph import TracedGraph, trace
 from rtdetr_prune.planner import FlopPlanner, layer_gflops
 from rtdetr_prune.probe import Plan, analyse
@@ -76,6 +76,7 @@ def check_model(model: nn.Module, imgsz: int = 640, round_to: int = PruneOptions
         >>> r = check_model(load_model("rtdetr-tiny", nc=3), imgsz=160)
         >>> r["max_speed_up"], [(s["layer"], s["advice"]) for s in r["skipped"]][:1]
     """
+    check_limits(imgsz, round_to, max_layer_ratio)
     model = copy.deepcopy(model)
     rewritten = rules.apply_rewrites(model)
     plan = plan or analyse(model, round_to)

@@ -52,14 +52,23 @@ class PruneOptions:
 
         if not self.speed_up > 1.0:
             raise UserError(f"--speed-up must be greater than 1 (got {self.speed_up}); e.g. 1.5 for 1.5x fewer GFLOPs.")
-        if self.imgsz <= 0 or self.imgsz % 32:
-            raise UserError(f"--imgsz must be a positive multiple of 32 (got {self.imgsz}); RT-DETR downsamples by 32.")
+        check_limits(self.imgsz, self.round_to, self.max_layer_ratio)
         if not 0 < self.step_ratio < 1:
             raise UserError(f"--step-ratio must be between 0 and 1 (got {self.step_ratio}).")
-        if not 0 < self.max_layer_ratio < 1:
-            raise UserError(f"--max-layer-ratio must be between 0 and 1 (got {self.max_layer_ratio}).")
-        if self.round_to < 1 or self.max_steps < 1:
-            raise UserError("--round-to and --max-steps must be at least 1.")
+        if self.max_steps < 1:
+            raise UserError(f"--max-steps must be at least 1 (got {self.max_steps}).")
+
+
+def check_limits(imgsz: int, round_to: int, max_layer_ratio: float) -> None:
+    """Raise a UserError for an image size, channel unit or layer ratio pruning cannot use (also for `check`)."""
+    from rtdetr_prune.errors import UserError
+
+    if imgsz <= 0 or imgsz % 32:
+        raise UserError(f"--imgsz must be a positive multiple of 32 (got {imgsz}); RT-DETR downsamples by 32.")
+    if not 0 < max_layer_ratio < 1:
+        raise UserError(f"--max-layer-ratio must be between 0 and 1 (got {max_layer_ratio}).")
+    if round_to < 1:
+        raise UserError(f"--round-to must be at least 1 (got {round_to}); e.g. 16, or 8 for narrow models.")
 
 
 @dataclass
