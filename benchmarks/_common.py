@@ -19,7 +19,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def set_threads(n: int | None) -> int:
     """Use ``n`` PyTorch intra-op threads (default: the physical cores this process may use)."""
-    from rtdetr_prune.bench_timing import physical_cores
+    from rtdetr_prune.bench.timing import physical_cores
 
     n = n or physical_cores()
     torch.set_num_threads(n)
@@ -30,7 +30,7 @@ def machine() -> dict:
     """Where the numbers come from: CPU model, cores, GPU, thread settings, library versions, date (UTC)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from rtdetr_prune.bench_timing import physical_cores
+    from rtdetr_prune.bench.timing import physical_cores
 
     def ver(pkg: str) -> str | None:
         try:

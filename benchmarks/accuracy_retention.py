@@ -3,7 +3,7 @@
 From the demo baseline (``rtdetr-tiny`` trained on the synthetic shapes set, shipped in
 ``src/rtdetr_prune/assets/demo-tiny``; or --baseline PATH), on the same synthetic data:
 
-    control     the baseline finetuned for --epochs with the same recipe (rtdetr_prune.trainer.finetune,
+    control     the baseline finetuned for --epochs with the same recipe (rtdetr_prune.models.ultralytics.trainer.finetune,
                 which the pipeline's finetune stage calls), so that "finetuned" is compared with finetuned
     each run    rtdetr_prune.prune(method, speed_up, epochs, ...): (sparse training), prune, finetune, val
 
@@ -35,11 +35,11 @@ from pathlib import Path
 os.environ.setdefault("RTDETR_PRUNE_QUIET", "1")
 
 import rtdetr_prune  # noqa: E402
-from rtdetr_prune.checkpoint import save_checkpoint  # noqa: E402
 from rtdetr_prune.demo import ASSET, DEMO_DATA, DEMO_ROUND_TO  # noqa: E402
-from rtdetr_prune.evaluate import val_map  # noqa: E402
-from rtdetr_prune.methods import METHODS, get_method  # noqa: E402
-from rtdetr_prune.zoo import load_model  # noqa: E402
+from rtdetr_prune.measure.stage import val_map  # noqa: E402
+from rtdetr_prune.models import load_model  # noqa: E402
+from rtdetr_prune.models.ultralytics.checkpoint import save_checkpoint  # noqa: E402
+from rtdetr_prune.pruning.methods import METHODS, get_method  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402
@@ -80,7 +80,7 @@ def baseline_checkpoint(args, data: str, work: Path) -> Path:
     """The baseline as an Ultralytics .pt (what finetune takes): --baseline, the shipped one, or trained now."""
     spec = args.baseline or (ASSET if ASSET.exists() else None)
     if spec is None:  # no shipped checkpoint in this checkout: train one as scripts/make_demo_checkpoint.py does
-        from rtdetr_prune.trainer import train_baseline
+        from rtdetr_prune.models.ultralytics.trainer import train_baseline
 
         print("no shipped demo checkpoint: training a baseline (100 epochs)", flush=True)
         trainer = train_baseline("rtdetr-tiny", data, epochs=100, imgsz=DEMO_DATA["imgsz"], batch=BATCH,
@@ -93,7 +93,7 @@ def baseline_checkpoint(args, data: str, work: Path) -> Path:
 
 def control(args, data: str, baseline: Path, work: Path) -> dict:
     """The baseline before and after the same finetuning the pruned models get."""
-    from rtdetr_prune.trainer import finetune
+    from rtdetr_prune.models.ultralytics.trainer import finetune
 
     imgsz = DEMO_DATA["imgsz"]
     before = val_map(load_model(baseline), data, imgsz, BATCH, args.device, 0, work / "val-baseline")

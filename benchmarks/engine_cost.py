@@ -1,12 +1,12 @@
 """Engine cost: how long pruning to a target takes, per method, split by stage, in training steps.
 
 For each method, a fresh ``rtdetr-r18`` (10 classes, random weights, seed 0) is pruned to 2x fewer
-GFLOPs with :func:`rtdetr_prune.engine.prune_to_target` (its default options, GFLOPs at ``--imgsz``),
+GFLOPs with :func:`rtdetr_prune.pruning.engine.prune_to_target` (its default options, GFLOPs at ``--imgsz``),
 and its wall time is split by wrapping the engine's building blocks for the run (see stopwatch.py;
 exclusive time, so the stages add up to the total):
 
-    probe            rtdetr_prune.engine.analyse: what may be pruned (once per model)
-    graph build      every rtdetr_prune.engine.trace call (Torch-Pruning's DependencyGraph), incl. the
+    probe            rtdetr_prune.pruning.engine.analyse: what may be pruned (once per model)
+    graph build      every rtdetr_prune.pruning.engine.trace call (Torch-Pruning's DependencyGraph), incl. the
                      re-trace of each trial copy before its channels are removed
     importance       engine._step_units without the gradients: scoring each group, choosing units
     gradient batches engine._accumulate_gradients: data loading, forward, loss and backward on
@@ -41,11 +41,12 @@ os.environ.setdefault("RTDETR_PRUNE_QUIET", "1")  # no progress bars: they would
 
 import torch  # noqa: E402
 
-from rtdetr_prune import engine, metrics  # noqa: E402
-from rtdetr_prune.datasets import data_batches, load_data  # noqa: E402
-from rtdetr_prune.methods import METHODS, get_method  # noqa: E402
-from rtdetr_prune.planner import FlopPlanner  # noqa: E402
-from rtdetr_prune.zoo import load_model  # noqa: E402
+from rtdetr_prune.data.yolo import data_batches, load_data  # noqa: E402
+from rtdetr_prune.measure import counts as metrics  # noqa: E402
+from rtdetr_prune.models import load_model  # noqa: E402
+from rtdetr_prune.pruning import engine  # noqa: E402
+from rtdetr_prune.pruning.methods import METHODS, get_method  # noqa: E402
+from rtdetr_prune.pruning.planner import FlopPlanner  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, md_machine, md_table, set_threads, synthetic_data, write_results  # noqa: E402

@@ -1,7 +1,7 @@
 """GPU latency: rtdetr-r18 at 640 px, batch 8, baseline vs pruned 1.5x and 2x, fp32 and fp16, on CUDA.
 
 The models are pruned on the CPU with the engine's defaults (10 classes, random weights, seed 0; or
---model a checkpoint), then timed with :func:`rtdetr_prune.bench.bench` on the GPU, interleaved, once
+--model a checkpoint), then timed with :func:`rtdetr_prune.bench.latency.bench` on the GPU, interleaved, once
 in fp32 and once in fp16 (``half=True``). Exits with a clear message when PyTorch sees no CUDA GPU.
 
 Usage (on a machine with an NVIDIA GPU):
@@ -21,11 +21,11 @@ os.environ.setdefault("RTDETR_PRUNE_QUIET", "1")
 
 import torch  # noqa: E402
 
-from rtdetr_prune.bench import bench, format_bench  # noqa: E402
-from rtdetr_prune.engine import PruneOptions, prune_to_target  # noqa: E402
-from rtdetr_prune.methods import get_method  # noqa: E402
-from rtdetr_prune.probe import analyse  # noqa: E402
-from rtdetr_prune.zoo import load_model  # noqa: E402
+from rtdetr_prune.bench.latency import bench, format_bench  # noqa: E402
+from rtdetr_prune.models import load_model  # noqa: E402
+from rtdetr_prune.pruning.analysis.prunable import analyse  # noqa: E402
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target  # noqa: E402
+from rtdetr_prune.pruning.methods import get_method  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402

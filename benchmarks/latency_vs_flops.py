@@ -2,7 +2,7 @@
 
 ``rtdetr-r18`` (10 classes, random weights, seed 0; or --model a checkpoint) is pruned to each
 --targets speed-up with each --methods method (engine defaults, GFLOPs at --imgsz), then every model
-is timed with :func:`rtdetr_prune.bench.bench` (batch --batch, models interleaved, ONNX outputs checked
+is timed with :func:`rtdetr_prune.bench.latency.bench` (batch --batch, models interleaved, ONNX outputs checked
 against PyTorch's). For each pruned model, with ratios pruned / base:
 
     GFLOPs ratio, latency ratio          below 1 is smaller / faster
@@ -37,13 +37,13 @@ os.environ.setdefault("RTDETR_PRUNE_QUIET", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from rtdetr_prune.bench import bench, format_bench  # noqa: E402
-from rtdetr_prune.engine import PruneOptions, prune_to_target  # noqa: E402
+from rtdetr_prune.bench.latency import bench, format_bench  # noqa: E402
 from rtdetr_prune.errors import UserError  # noqa: E402
-from rtdetr_prune.methods import get_method  # noqa: E402
-from rtdetr_prune.planner import layer_gflops  # noqa: E402
-from rtdetr_prune.probe import analyse  # noqa: E402
-from rtdetr_prune.zoo import load_model  # noqa: E402
+from rtdetr_prune.models import family_of, load_model  # noqa: E402
+from rtdetr_prune.pruning.analysis.prunable import analyse  # noqa: E402
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target  # noqa: E402
+from rtdetr_prune.pruning.methods import get_method  # noqa: E402
+from rtdetr_prune.pruning.planner import layer_gflops  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402
@@ -167,13 +167,13 @@ def ort_region_profile(model: nn.Module, imgsz: int, batch: int, threads: int, r
     import re
     import tempfile
 
-    from rtdetr_prune import bench_onnx
+    from rtdetr_prune.bench import onnx as bench_onnx
 
     fused = copy.deepcopy(model).eval().fuse(verbose=False)
     names = regions(fused)
     x = torch.rand(batch, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as tmp:
-        path = bench_onnx.export(fused, x, Path(tmp) / "model.onnx")
+        path = bench_onnx.export(family_of(fused).export_module(fused), x, Path(tmp) / "model.onnx")
         sess = bench_onnx.session(path, torch.device("cpu"), threads)
         sess.run(None, {bench_onnx.INPUT: x.numpy()})  # warm-up, unprofiled session
         sess = bench_onnx.session(path, torch.device("cpu"), threads, profile_prefix=str(Path(tmp) / "prof"))

@@ -16,7 +16,7 @@ from my_modules import PartialGate, QKVAttention, ScaledResidual  # found next t
 from torch import nn
 
 from rtdetr_prune import rules
-from rtdetr_prune.rewrites import split_conv
+from rtdetr_prune.models.ultralytics.rewrites import split_conv
 
 
 # --- 1. Attention split into heads: rewrite it so that every head is its own channel group ---------------

@@ -16,10 +16,10 @@ import torch
 
 from rtdetr_prune.data import make_synthetic
 from rtdetr_prune.demo import DEMO_DATA
-from rtdetr_prune.evaluate import val_map
-from rtdetr_prune.safe_io import save_safe
-from rtdetr_prune.trainer import train_baseline
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.measure.stage import val_map
+from rtdetr_prune.models import load_model
+from rtdetr_prune.models.ultralytics.safe import save_safe
+from rtdetr_prune.models.ultralytics.trainer import train_baseline
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ def data_yaml(tmp_path_factory) -> str:
 @pytest.fixture
 def tiny():
     """A fresh tiny RT-DETR with 3 classes, random weights, eval mode."""
-    from rtdetr_prune.zoo import load_model
+    from rtdetr_prune.models import load_model
 
     torch.manual_seed(0)
     return load_model("rtdetr-tiny", nc=3)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from rtdetr_prune.checkpoint import save_checkpoint
 from rtdetr_prune.cli import main
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.models import load_model
+from rtdetr_prune.models.ultralytics.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

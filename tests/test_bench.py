@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from conftest import IMGSZ
-from rtdetr_prune import bench as bench_module
-from rtdetr_prune import bench_onnx, metrics
-from rtdetr_prune.bench import bench, format_bench
-from rtdetr_prune.bench_timing import interleaved, physical_cores, summarize
-from rtdetr_prune.engine import PruneOptions, prune_to_target
+
+from rtdetr_prune.bench import latency as bench_module
+from rtdetr_prune.bench import onnx as bench_onnx
+from rtdetr_prune.bench.latency import bench, format_bench
+from rtdetr_prune.bench.timing import interleaved, physical_cores, summarize
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.methods import get_method
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.measure import counts as metrics
+from rtdetr_prune.models import family_of, load_model
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 
 SMALL = dict(batch=2, imgsz=IMGSZ, warmup=1, repeats=3)
 
@@ -40,7 +40,7 @@ def assert_rows(result, pair):
     g0, g1 = metrics.gflops(base, IMGSZ), metrics.gflops(pruned, IMGSZ)
     assert rows[1]["gflops"] == pytest.approx(g1) and rows[1]["gflops_ratio"] == pytest.approx(g1 / g0)
     assert rows[1]["gflops_ratio"] <= 1 / 1.5 + 1e-6  # pruned to at least 1.5x
-    assert rows[1]["params"] == metrics.count_params(pruned) < rows[0]["params"]
+    assert rows[1]["params"] == metrics.params_and_gflops(pruned, IMGSZ)[0] < rows[0]["params"]
     table = format_bench(result)
     body = [line for line in table.splitlines() if line.startswith("| base") or line.startswith("| pruned")]
     assert len(body) == 2, table
@@ -115,12 +115,12 @@ def test_onnx_mismatch_is_refused(pair, monkeypatch):
     """Sabotage the export (class-logit bias + 1): the check names the model and the difference."""
     real_export = bench_onnx.export
 
-    def sabotaged(model, x, path):
+    def sabotaged(view, x, path):
         import copy
 
-        broken = copy.deepcopy(model)
+        broken = copy.deepcopy(view)  # the export view holds the fused model
         with torch.no_grad():
-            broken.model[-1].dec_score_head[-1].bias += 1.0
+            broken.model.model[-1].dec_score_head[-1].bias += 1.0
         return real_export(broken, x, path)
 
     monkeypatch.setattr(bench_onnx, "export", sabotaged)
@@ -161,13 +161,14 @@ def test_unknown_backend_suggests():
 
 def _export_and_check(model, x, tmp_path, sabotage=None, atol=1e-3) -> bench_onnx.OutputCheck:
     """Export ``model`` (after ``sabotage`` on a copy, if given) and check it against the intact model."""
-    fused = metrics._fused(model)
+    fused = metrics.fused(model)
     exported = copy.deepcopy(fused)
     if sabotage:
         with torch.no_grad():
             sabotage(exported)
-    path = bench_onnx.export(exported, x, tmp_path / "m.onnx")
-    return bench_onnx.check_outputs(bench_onnx.session(path, torch.device("cpu"), 1), fused, x, atol)
+    path = bench_onnx.export(family_of(exported).export_module(exported), x, tmp_path / "m.onnx")
+    view = family_of(fused).export_module(fused)
+    return bench_onnx.check_outputs(bench_onnx.session(path, torch.device("cpu"), 1), view, x, atol)
 
 
 def _tie_every_anchor(model):

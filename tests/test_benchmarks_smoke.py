@@ -101,7 +101,7 @@ def test_onnxruntime_region_profile_attributes_nodes_to_regions():
     import torch
     from latency_vs_flops import ort_region_profile
 
-    from rtdetr_prune.zoo import load_model
+    from rtdetr_prune.models import load_model
 
     torch.manual_seed(0)
     prof = ort_region_profile(load_model("rtdetr-tiny", nc=3), imgsz=64, batch=1, threads=1, repeats=1)

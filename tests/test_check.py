@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from conftest import IMGSZ
 from torch import nn
 
-from conftest import IMGSZ
-from rtdetr_prune.check import check_model
 from rtdetr_prune.cli import main
-from rtdetr_prune.engine import PruneOptions, prune_to_target
-from rtdetr_prune.methods import get_method
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.models import load_model
+from rtdetr_prune.pruning.analysis.check import check_model
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 
 
 class ChunkGate(nn.Module):

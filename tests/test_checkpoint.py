@@ -1,12 +1,12 @@
 """A saved pruned model reloads, through our loader and through stock Ultralytics, with identical outputs."""
 
 import torch
-
 from conftest import IMGSZ
-from rtdetr_prune.checkpoint import save_checkpoint
-from rtdetr_prune.engine import PruneOptions, prune_to_target
-from rtdetr_prune.methods import get_method
-from rtdetr_prune.zoo import load_model
+
+from rtdetr_prune.models import load_model
+from rtdetr_prune.models.ultralytics.checkpoint import save_checkpoint
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 
 
 def test_pruned_model_reloads_identically(tiny, tmp_path):

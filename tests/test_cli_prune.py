@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rtdetr_prune.cli import main
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.models import load_model
 
 SCHEMA_STAGE = {"params", "gflops", "size_mb", "map50", "map50_95", "latency_ms"}
 
@@ -42,7 +42,7 @@ def test_prune_command_writes_run_directory(data_yaml, tmp_path, capsys, method)
 
 def test_prune_rejects_class_count_mismatch(data_yaml, tmp_path, capsys):
     wrong = tmp_path / "wrong.pt"
-    from rtdetr_prune.checkpoint import save_checkpoint
+    from rtdetr_prune.models.ultralytics.checkpoint import save_checkpoint
 
     save_checkpoint(load_model("rtdetr-tiny", nc=5), wrong)
     code = main(["prune", "--model", str(wrong), "--data", data_yaml, "--epochs", "0", "--project", str(tmp_path)])
@@ -65,9 +65,8 @@ def test_python_api_and_safe_format(data_yaml, tmp_path, capsys):
 
 def test_same_seed_same_pruned_channels(data_yaml, tmp_path):
     import rtdetr_prune
-    from rtdetr_prune.zoo import load_model
-
-    from rtdetr_prune.checkpoint import save_checkpoint
+    from rtdetr_prune.models import load_model
+    from rtdetr_prune.models.ultralytics.checkpoint import save_checkpoint
 
     start = save_checkpoint(load_model("rtdetr-tiny", nc=3), tmp_path / "start.pt")
     states = []

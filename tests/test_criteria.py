@@ -8,8 +8,13 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from rtdetr_prune.criteria import (BNScalePruner, GroupNormPruner, GrowingRegPruner, HessianImportance,
-                                   TaylorImportance)
+from rtdetr_prune.pruning.criteria import (
+    BNScalePruner,
+    GroupNormPruner,
+    GrowingRegPruner,
+    HessianImportance,
+    TaylorImportance,
+)
 
 IMG = torch.zeros(1, 1, 2, 2)
 

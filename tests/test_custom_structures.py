@@ -1,7 +1,7 @@
 """Users' own structures: built-in handling of YOLO blocks, rules for unknown modules, rewrites, `check`'s advice.
 
 The probe's zeroed-channel trial is the ground truth here: a group is prunable only if removing channels
-that were zeroed first leaves every output unchanged (see rtdetr_prune.probe). So "the block's groups are
+that were zeroed first leaves every output unchanged (see rtdetr_prune.pruning.analysis.prunable). So "the block's groups are
 prunable" below also means "Torch-Pruning removes its channels correctly".
 """
 
@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch_pruning as tp
+from conftest import IMGSZ, fake_batch
 from torch import nn
-from ultralytics.nn.modules.block import C2f, C2fPSA, C3k2, SPPF, GhostBottleneck
+from ultralytics.nn.modules.block import SPPF, C2f, C2fPSA, C3k2, GhostBottleneck
 from ultralytics.nn.modules.conv import Conv, DWConv, GhostConv
 
-from conftest import IMGSZ, fake_batch
-from rtdetr_prune import rules
-from rtdetr_prune.adapter import RTDETRAdapter
-from rtdetr_prune.check import check_model, format_check
-from rtdetr_prune.engine import PruneOptions, prune_to_target
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.methods import get_method
-from rtdetr_prune.probe import analyse
-from rtdetr_prune.rewrites import SplitC2f
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.models import load_model
+from rtdetr_prune.models.ultralytics.adapter import RTDETRAdapter
+from rtdetr_prune.models.ultralytics.rewrites import SplitC2f
+from rtdetr_prune.pruning import rules
+from rtdetr_prune.pruning.analysis.check import check_model, format_check
+from rtdetr_prune.pruning.analysis.prunable import analyse
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 YOLO_NECK = str(EXAMPLES / "rtdetr-yolo-neck.yaml")

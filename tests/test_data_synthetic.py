@@ -129,7 +129,7 @@ def test_tiny_rtdetr_learns_it(tmp_path):
     """
     from ultralytics import RTDETR
 
-    from rtdetr_prune.zoo import ZOO
+    from rtdetr_prune.models.ultralytics.zoo import ZOO
 
     data = make_synthetic(tmp_path / "shapes")
     model = RTDETR(ZOO["rtdetr-tiny"])

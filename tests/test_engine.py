@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-
 from conftest import IMGSZ, fake_batch
-from rtdetr_prune import metrics
-from rtdetr_prune.engine import PruneOptions, prune_to_target
+
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.methods import METHODS, get_method
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.measure import counts as metrics
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import METHODS, get_method
 
 
 def _batches():

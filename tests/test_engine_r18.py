@@ -3,13 +3,13 @@ suite fast on 2 CPU cores; the 640 px run of the same check is marked slow."""
 
 import pytest
 import torch
-
 from conftest import fake_batch
-from rtdetr_prune.engine import PruneOptions, prune_to_target
-from rtdetr_prune.methods import METHODS, get_method
-from rtdetr_prune.probe import analyse
-from rtdetr_prune.zoo import load_model
 from test_engine import assert_works
+
+from rtdetr_prune.models import load_model
+from rtdetr_prune.pruning.analysis.prunable import analyse
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import METHODS, get_method
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 """Removing channels that carry exactly nothing must not change the model's output."""
 
 import torch
+from conftest import IMGSZ
 from torch import nn
 
-from conftest import IMGSZ
-from rtdetr_prune.graph import trace
-from rtdetr_prune.methods import get_method
-from rtdetr_prune.probe import analyse
-from rtdetr_prune.units import group_units
+from rtdetr_prune.pruning.analysis.prunable import analyse
+from rtdetr_prune.pruning.graph import trace
+from rtdetr_prune.pruning.methods import get_method
+from rtdetr_prune.pruning.units import group_units
 
 
 def _conv_only(graph, group) -> bool:

@@ -5,10 +5,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rtdetr_prune.check import check_model
-from rtdetr_prune.engine import PruneOptions, prune_to_target
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.methods import get_method
+from rtdetr_prune.pruning.analysis.check import check_model
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 
 width = st.sampled_from([8, 16, 24, 32, 48])
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rtdetr_prune import rules
 from rtdetr_prune.cli import main
+from rtdetr_prune.pruning import rules
 
 ROOT = Path(__file__).parent.parent
 GUIDE = ROOT / "docs" / "custom-structures.md"
@@ -55,7 +55,7 @@ def test_guide_block(session, lang, code, marker):
 
 
 def test_guide_names_the_sections_check_refers_to():
-    from rtdetr_prune.check import ADVICE
+    from rtdetr_prune.pruning.analysis.check import ADVICE
 
     headings = {h.strip() for h in re.findall(r"^#+ (.*)$", GUIDE.read_text(), re.M)}
     cited = {c for advice in ADVICE.values() for c in re.findall(r"'([^']+)'\)", advice)}

@@ -1,7 +1,7 @@
 import pytest
 
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.methods import METHODS, get_method
+from rtdetr_prune.pruning.methods import METHODS, get_method
 
 NAMES = ["l1", "random", "slim", "group_slim", "group_norm", "lamp", "group_sl", "group_reg", "group_hessian", "group_taylor"]
 

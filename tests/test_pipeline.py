@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from rtdetr_prune.cli import main
 
 STAGES = ("params", "gflops", "size_mb", "map50", "map50_95", "latency_ms")

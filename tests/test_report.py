@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.report import (compare_runs, plot_curve, stage_table, write_compare,
-                                 write_report_md)
-from rtdetr_prune.files import atomic_path, write_text
-from rtdetr_prune.report_table import map_delta
+from rtdetr_prune.io.files import atomic_path, write_text
+from rtdetr_prune.report import compare_runs, plot_curve, stage_table, write_compare, write_report_md
+from rtdetr_prune.report.table import map_delta
 
 # VisDrone2019 RT-DETR-R18 baseline and "LAMP exp1" from the seed README (latency 0.00305 s and
 # 0.00247 s per image = 3.05 and 2.47 ms). Model sizes are invented: the seed omits them.

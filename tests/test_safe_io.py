@@ -6,15 +6,16 @@ import shutil
 
 import pytest
 import torch
+from conftest import IMGSZ, fake_batch
 from torch import nn
 
-from conftest import IMGSZ, fake_batch
-from rtdetr_prune.checkpoint import save_checkpoint
-from rtdetr_prune.engine import PruneOptions, prune_to_target
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.methods import get_method
-from rtdetr_prune.safe_io import FORMAT, load_safe, save_safe
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.io.safe import FORMAT
+from rtdetr_prune.models import load_model
+from rtdetr_prune.models.ultralytics.checkpoint import save_checkpoint
+from rtdetr_prune.models.ultralytics.safe import load_safe, save_safe
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 
 # An rtdetr-l in miniature: HGNet stem and blocks, stride-2 depthwise convs and LightConv blocks
 # (1x1 conv + depthwise conv), so pruning changes conv groups as it does in rtdetr-l.

@@ -11,18 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IMGSZ, fake_batch
 from torch import nn
 
-from conftest import IMGSZ, fake_batch
-from rtdetr_prune.checkpoint import save_checkpoint
-from rtdetr_prune.engine import PruneOptions, prune_to_target
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.evaluate import val_map
-from rtdetr_prune.methods import get_method
+from rtdetr_prune.measure.stage import val_map
+from rtdetr_prune.models import load_model
+from rtdetr_prune.models.ultralytics.checkpoint import save_checkpoint
+from rtdetr_prune.models.ultralytics.sparse_trainer import SparseTrainer, Sparsifier, sparse_train
+from rtdetr_prune.models.ultralytics.trainer import PrunedTrainer, finetune, train_args, train_baseline
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 from rtdetr_prune.threads import torch_threads
-from rtdetr_prune.trainer import PrunedTrainer, finetune, sparse_train, train_args, train_baseline
-from rtdetr_prune.trainer_sparse import SparseOptions, Sparsifier, SparseTrainer, reg_at
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.train.sparsity import SparseOptions, reg_at
 
 # Learns the synthetic shapes within a few epochs: one optimizer step per batch (nbs = batch), no warmup,
 # no mosaic. Ultralytics' defaults (nbs=64, 3 warmup epochs) make 3 steps in 10 epochs of 18 images.
@@ -136,7 +137,7 @@ def test_sparse_options_reject_mistakes():
     with pytest.raises(UserError, match="without sparse training"):
         SparseOptions("lamp")
     with pytest.raises(UserError, match="Did you mean 'linear'"):
-        SparseOptions("slim", schedule="lineer")
+        SparseOptions("slim", reg_schedule="lineer")
     with pytest.raises(UserError, match="Did you mean 'slim'"):
         SparseOptions("slimm")
 
@@ -220,7 +221,7 @@ def test_sparse_options_reach_ddp_workers_through_the_callbacks(pruned, data_yam
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
     from ultralytics.utils.patches import torch_load
 
-    options = SparseOptions("group_reg", reg=2e-4, delta_reg=3e-5, schedule="step")
+    options = SparseOptions("group_reg", reg=2e-4, delta_reg=3e-5, reg_schedule="step")
     trainer = SparseTrainer(overrides=run_args(pruned.path, data_yaml, 1, tmp_path, "ddp"), sparse=options)
     file = generate_ddp_file(trainer)
     try:
@@ -251,7 +252,7 @@ def test_ddp_worker_loads_the_plugins_the_launcher_loaded(data_yaml, tmp_path):
     the plugin named in RTDETR_PRUNE_PLUGINS before unpickling the model."""
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
 
-    from rtdetr_prune import rules
+    from rtdetr_prune.pruning import rules
 
     examples = Path(__file__).parent.parent / "examples"
     with rules.scoped():

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from rtdetr_prune import metrics
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.zoo import ZOO, load_model
+from rtdetr_prune.measure import counts as metrics
+from rtdetr_prune.models import load_model
+from rtdetr_prune.models.ultralytics.zoo import ZOO
 
 
 def test_r18_matches_the_seed_baseline():

@@ -1,12 +1,15 @@
-"""rtdetr-prune: structured pruning and finetuning for Ultralytics RT-DETR detectors.
+"""rtdetr-prune: structured pruning and finetuning for RT-DETR detectors.
 
 Example:
     >>> import rtdetr_prune
     >>> report = rtdetr_prune.prune(model="best.pt", data="data.yaml", method="lamp", speed_up=1.5)
     >>> report["pruned"]["gflops"], report["finetuned"]["map50_95"]
 
-Importing the package registers the zoo's ResNet-vd backbones with torchvision, so that the zoo's
-YAML configs (and checkpoints made from them) build and load with the stock Ultralytics engine.
+The package is laid out by concern: ``models/`` (model families: loading, saving, training,
+evaluation; one folder per family), ``pruning/`` (the engine), ``train/``, ``measure/``, ``bench/``,
+``report/``, ``data/`` and ``io/``; ``pipeline`` runs a whole job and ``cli`` parses commands.
+Importing the package registers the built-in model family (Ultralytics RT-DETR, with the zoo's
+ResNet-vd backbones and the built-in rewrites).
 """
 
 import os
@@ -15,11 +18,12 @@ import os
 # network at import otherwise). Set YOLO_OFFLINE=0 yourself to allow it.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from rtdetr_prune.zoo import load_model, zoo_names  # noqa: E402  (registers the backbones)
-from rtdetr_prune import rewrites  # noqa: E402, F401  (registers the built-in rewrites, e.g. C2f's chunk)
+from rtdetr_prune._version import __version__  # noqa: E402
+from rtdetr_prune.models import load_model, zoo_names  # noqa: E402
+from rtdetr_prune.models import ultralytics as _ultralytics  # noqa: E402, F401  (registers the family)
+from rtdetr_prune.pruning import rules  # noqa: E402  (users' plugins: `from rtdetr_prune import rules`)
 
-__version__ = "0.1.0"
-__all__ = ["load_model", "prune", "zoo_names"]
+__all__ = ["__version__", "load_model", "prune", "rules", "zoo_names"]
 
 
 def prune(**options) -> dict:

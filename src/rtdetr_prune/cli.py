@@ -12,13 +12,12 @@ A mistake in the input prints one line (the problem and the fix) and exits with 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.recipe import Recipe
+from rtdetr_prune.recipe import Recipe, default, help_line, validate
 
 EXIT_USER_ERROR = 2
 
@@ -30,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         _quiet_ultralytics(errors_only=getattr(args, "json", False))
     try:
-        from rtdetr_prune.rules import load_plugin
+        from rtdetr_prune.pruning.rules import load_plugin
 
         for path in args.plugin:
             load_plugin(path)
@@ -74,40 +73,31 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--verbose", action="store_true", help="show progress logs and full tracebacks")
     common.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                         help="a Python file defining your own modules and their pruning rules (repeatable)")
-    p = _Parser(prog="rtdetr-prune", description="Prune and finetune Ultralytics RT-DETR detectors.", parents=[common])
+    p = _Parser(prog="rtdetr-prune", description="Prune and finetune RT-DETR detectors.", parents=[common])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("check", parents=[common], help="can this model be pruned, and how far?")
-    c.add_argument("--model", required=True, help="zoo name, RT-DETR .yaml, .pt checkpoint or pruned-model dir")
-    c.add_argument("--imgsz", type=int, default=640, help="image side for GFLOPs (pixels, multiple of 32)")
-    c.add_argument("--round-to", type=int, default=Recipe.round_to,
-                   help=f"channel unit (default {Recipe.round_to})")
-    c.add_argument("--max-layer-ratio", type=float, default=0.8, help="largest share of a layer group to prune")
+    _recipe_flags(c, "model", "imgsz", "round_to", "max_layer_ratio", required=("model",))
     c.add_argument("--json", action="store_true", help="print JSON instead of text")
     c.set_defaults(func=_cmd_check)
 
     r = sub.add_parser("prune", parents=[common], help="prune to a target speed-up, then finetune")
     r.add_argument("--config", help="recipe YAML (a run's recipe.yaml works); flags override it")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its first unfinished stage")
-    _add_recipe_flags(r)
+    _recipe_flags(r, *Recipe.keys(), overrides_only=True)
     r.set_defaults(func=_cmd_prune)
 
     v = sub.add_parser("val", parents=[common], help="mAP50 and mAP50-95 on the data's val split")
-    v.add_argument("--model", required=True, help="zoo name, .yaml, .pt or pruned-model dir")
-    v.add_argument("--data", required=True, help="YOLO-format data YAML")
-    v.add_argument("--imgsz", type=int, default=640)
-    v.add_argument("--batch", type=int, default=8)
-    v.add_argument("--device", default="", help='"" (auto), "cpu", "0"')
-    v.add_argument("--workers", type=int, default=2)
+    _recipe_flags(v, "model", "data", "imgsz", "batch", "device", "workers", required=("model", "data"))
     v.set_defaults(func=_cmd_val)
 
     d = sub.add_parser("data", parents=[common], help="make or convert datasets (YOLO format)")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     ds = dsub.add_parser("synthetic", parents=[common], help="write a deterministic synthetic shapes dataset")
-    ds.add_argument("--out", required=True, help="output directory")
-    ds.add_argument("--images", type=int, default=96)
-    ds.add_argument("--imgsz", type=int, default=160)
-    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--out", required=True, help="output directory (data.yaml, images/, labels/)")
+    ds.add_argument("--images", type=int, default=96, help="number of images, split 3:1 into train and val (default 96)")
+    ds.add_argument("--imgsz", type=int, default=160, help="image side, pixels (default 160)")
+    ds.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     ds.set_defaults(func=_cmd_data_synthetic)
     dc = dsub.add_parser("convert", parents=[common], help="convert VisDrone, CrowdHuman, VOC or COCO to YOLO")
     dc.add_argument("--format", required=True, dest="fmt", help="visdrone | crowdhuman | voc | coco")
@@ -119,32 +109,29 @@ def _parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=_cmd_data_convert)
 
     b = sub.add_parser("bench", parents=[common], help="latency per image of models, timed side by side")
-    b.add_argument("--model", action="append", required=True, help="a model (repeat: the first is the reference)")
-    b.add_argument("--batch", type=int, default=8)
-    b.add_argument("--imgsz", type=int, default=640)
-    b.add_argument("--backend", default="torch", help="torch | onnxruntime")
-    b.add_argument("--device", default="cpu", help='"cpu" or "cuda" / "cuda:0"')
-    b.add_argument("--half", action="store_true", help="fp16 (CUDA only)")
-    b.add_argument("--repeats", type=int, default=10, help="timed rounds (models interleaved in each round)")
-    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--model", action="append", required=True,
+                   help="a model (repeat the flag: the first is the reference for ratios)")
+    b.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8, as in the seed's tables)")
+    _recipe_flags(b, "imgsz")
+    b.add_argument("--backend", default="torch", help="torch (eager PyTorch) or onnxruntime (exported and checked "
+                   "against PyTorch first) (default: torch)")
+    b.add_argument("--device", default="cpu", help='"cpu", "cuda" or "cuda:N" (default: cpu)')
+    b.add_argument("--half", action="store_true", help="time in fp16 (CUDA only)")
+    b.add_argument("--repeats", type=int, default=10, help="timed rounds, models interleaved in each; more gives "
+                   "steadier medians (default 10)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3)")
     b.add_argument("--json", action="store_true", help="print JSON instead of the table")
     b.set_defaults(func=_cmd_bench)
 
     t = sub.add_parser("train", parents=[common], help="train a baseline (zoo name or RT-DETR .yaml) from scratch")
     t.add_argument("--model", required=True, help="zoo name (rtdetr-r18...) or RT-DETR .yaml")
-    t.add_argument("--data", required=True)
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--imgsz", type=int, default=640)
-    t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--device", default="")
-    t.add_argument("--workers", type=int, default=2)
-    t.add_argument("--project", default="runs/train")
-    t.add_argument("--name", default="exp")
-    t.add_argument("--seed", type=int, default=0)
+    _recipe_flags(t, "data", "imgsz", "batch", "device", "workers", "name", "seed", required=("data",))
+    t.add_argument("--epochs", type=int, default=100, help="training epochs (default 100); RT-DETR trains slowly")
+    t.add_argument("--project", default="runs/train", help="runs go to PROJECT/NAME (default: runs/train)")
     t.set_defaults(func=_cmd_train)
 
     m = sub.add_parser("demo", parents=[common], help="the whole pipeline on built-in synthetic data")
-    m.add_argument("--project", default="runs/demo")
+    m.add_argument("--project", default="runs/demo", help="where the demo's data and run go (default: runs/demo)")
     m.add_argument("--epochs", type=int, default=30, help="finetune epochs (default 30)")
     m.set_defaults(func=_cmd_demo)
 
@@ -155,22 +142,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_recipe_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per recipe field (``speed_up`` -> ``--speed-up``); defaults None, so only given flags override."""
+def _recipe_flags(parser: argparse.ArgumentParser, *names: str, required: tuple[str, ...] = (),
+                  overrides_only: bool = False) -> None:
+    """One flag per recipe option (``speed_up`` -> ``--speed-up``), typed and explained by the recipe.
 
-    for f in dataclasses.fields(Recipe):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(Recipe(), f.name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"(default: {default})")
+    With ``overrides_only`` every default is None, so that only the flags given override a --config recipe.
+    """
+    for name in names:
+        flag, value = "--" + name.replace("_", "-"), default(name)
+        text = help_line(name).replace("%", "%%")  # argparse formats help with %
+        if name in required:
+            parser.add_argument(flag, required=True, type=type(value), help=text)
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None if overrides_only else value,
+                                help=text)
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=f"(default: {default!r})")
+            parser.add_argument(flag, type=type(value), default=None if overrides_only else value, help=text)
 
 
 def _cmd_check(args) -> int:
-    from rtdetr_prune.check import check_model, format_check
-    from rtdetr_prune.zoo import load_model
+    from rtdetr_prune.models import load_model
+    from rtdetr_prune.pruning.analysis.check import check_model, format_check
 
     _check_imgsz(args.imgsz)
     result = check_model(load_model(args.model), args.imgsz, args.round_to, args.max_layer_ratio)
@@ -195,10 +187,10 @@ def _cmd_prune(args) -> int:
 
 
 def _cmd_val(args) -> int:
-    from rtdetr_prune import metrics
-    from rtdetr_prune.datasets import load_data, require_same_classes
-    from rtdetr_prune.evaluate import val_map
-    from rtdetr_prune.zoo import load_model
+    from rtdetr_prune.data.yolo import load_data, require_same_classes
+    from rtdetr_prune.measure import counts as metrics
+    from rtdetr_prune.measure.stage import val_map
+    from rtdetr_prune.models import load_model
 
     _check_imgsz(args.imgsz)
     data = load_data(args.data)
@@ -241,9 +233,9 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from rtdetr_prune.datasets import load_data
+    from rtdetr_prune.data.yolo import load_data
+    from rtdetr_prune.models.ultralytics.trainer import train_baseline
     from rtdetr_prune.recipe import check_device
-    from rtdetr_prune.trainer import train_baseline
 
     _check_imgsz(args.imgsz)
     check_device(args.device)
@@ -275,8 +267,7 @@ def _cmd_compare(args) -> int:
 
 
 def _check_imgsz(imgsz: int) -> None:
-    if imgsz <= 0 or imgsz % 32:
-        raise UserError(f"--imgsz must be a positive multiple of 32 (got {imgsz}); RT-DETR downsamples by 32.")
+    validate(argparse.Namespace(imgsz=imgsz))
 
 
 def _quiet_ultralytics(errors_only: bool = False) -> None:

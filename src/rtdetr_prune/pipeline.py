@@ -20,6 +20,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -27,19 +28,17 @@ from pathlib import Path
 import torch
 
 from rtdetr_prune import report as report_md
-from rtdetr_prune import evaluate, rules
-from rtdetr_prune.check import check_model
-from rtdetr_prune.checkpoint import save_checkpoint
-from rtdetr_prune.datasets import data_batches, load_data, require_same_classes
-from rtdetr_prune.engine import PruneOptions, prune_to_target
+from rtdetr_prune.data.yolo import data_batches, load_data, require_same_classes
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.evaluate import stage_metrics
-from rtdetr_prune.files import new_run_dir, write_csv, write_json
-from rtdetr_prune.methods import get_method
-from rtdetr_prune.probe import analyse
+from rtdetr_prune.io.files import new_run_dir, write_csv, write_json
+from rtdetr_prune.measure.stage import stage_metrics, torch_device
+from rtdetr_prune.models import family_of, load_model
+from rtdetr_prune.pruning import rules
+from rtdetr_prune.pruning.analysis import analyse, check_model
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.methods import get_method
 from rtdetr_prune.recipe import Recipe, load_recipe, save_recipe
-from rtdetr_prune.safe_io import save_safe
-from rtdetr_prune.zoo import load_model
+from rtdetr_prune.train.sparsity import SparseOptions
 
 LOG = logging.getLogger("rtdetr_prune")
 
@@ -48,7 +47,7 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     """Run the job described by ``recipe`` (or continue the run in ``resume``); return the report."""
     run_dir, recipe = _resume(resume) if resume else (None, recipe)
     torch.manual_seed(recipe.seed)  # first: a zoo name builds a randomly initialized model
-    method, options = get_method(recipe.method), _options(recipe.validate())
+    method, options = get_method(recipe.method), PruneOptions.from_recipe(recipe.validate())
     _require(recipe)
     data = load_data(recipe.data)
     model = load_model(recipe.model, nc=len(data["names"]))
@@ -74,7 +73,7 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
         _save_state(run_dir, state)
     _write_report(run_dir, method.name, recipe, state)  # a report of what is done, before the long finetune
     if recipe.epochs > 0 and "finetuned" not in state:
-        best = _finetune(run_dir, recipe)
+        best = _finetune(model, run_dir, recipe)
         state["finetuned"] = {**_measure(load_model(best), recipe, run_dir, "finetuned"), "checkpoint": str(best)}
         _save_state(run_dir, state)
     if recipe.latency and "latency" not in state:
@@ -89,18 +88,17 @@ def _sparse(model, method: str, recipe: Recipe, run_dir: Path) -> Path:
     if recipe.sparse_model:
         load_model(recipe.sparse_model)  # fail early and clearly if it is not usable
         return Path(recipe.sparse_model)
-    from rtdetr_prune.trainer import run_status, sparse_train
-
-    status = run_status(run_dir / "sparse" / "weights" / "last.pt", recipe.sparse_epochs)
+    family = family_of(model)
+    status = family.run_status(run_dir, "sparse", recipe.sparse_epochs)
     if status == "finished":  # killed after training, before the stage was recorded
-        return _kept(run_dir / "sparse")
+        return family.kept_checkpoint(run_dir / "sparse")
     start = run_dir / "weights" / "baseline.pt"
     if status == "new":
-        save_checkpoint(model, start, train_args=_train_args(recipe))
-    return sparse_train(start, recipe.data, method, recipe.sparse_epochs, recipe.reg, recipe.delta_reg,
-                        recipe.reg_schedule, recipe.imgsz, recipe.batch, recipe.device, recipe.workers,
-                        run_dir, "sparse", recipe.seed, round_to=recipe.round_to, resume=status == "unfinished",
-                        exist_ok=True)
+        family.save_checkpoint(model, start, train_args=_train_args(recipe))
+    sparse = dataclasses.asdict(SparseOptions.from_recipe(recipe))
+    del sparse["method"]
+    return family.sparse_train(start, recipe.data, method, recipe.sparse_epochs, run_dir, "sparse",
+                               status == "unfinished", sparse, **_train_settings(recipe))
 
 
 def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Path) -> dict:
@@ -115,30 +113,23 @@ def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Pa
     result = prune_to_target(model, method, options, batches, plan, on_step=on_step)
     LOG.info(result.message)
     meta = {"method": method.name, "speed_up": result.speed_up, "widths": result.widths}
-    save_safe(result.model, run_dir / "weights" / "pruned_safe", meta=meta)
-    save_checkpoint(result.model, run_dir / "weights" / "pruned.pt", train_args=_train_args(recipe), meta=meta)
+    family = family_of(result.model)
+    family.save_safe(result.model, run_dir / "weights" / "pruned_safe", meta=meta)
+    family.save_checkpoint(result.model, run_dir / "weights" / "pruned.pt", train_args=_train_args(recipe), meta=meta)
     return {**_measure(result.model, recipe, run_dir, "pruned"), "speed_up": round(result.speed_up, 4),
             "steps": result.steps, "message": result.message,
             "skipped": [{"layer": s.layer, "reason": s.reason} for s in result.skipped]}
 
 
-def _finetune(run_dir: Path, recipe: Recipe) -> Path:
-    """Finetune weights/pruned.pt at its own widths (continuing an interrupted finetune); return best.pt."""
-    from rtdetr_prune.trainer import finetune, run_status
-
-    status = run_status(run_dir / "finetune" / "weights" / "last.pt", recipe.epochs)
+def _finetune(model, run_dir: Path, recipe: Recipe) -> Path:
+    """Finetune weights/pruned.pt at its own widths (continuing an interrupted finetune); return the
+    checkpoint to keep. ``model`` is the baseline (it names the family)."""
+    family = family_of(model)
+    status = family.run_status(run_dir, "finetune", recipe.epochs)
     if status == "finished":  # killed after training, before the stage was recorded
-        return _kept(run_dir / "finetune")
-    trainer = finetune(run_dir / "weights" / "pruned.pt", recipe.data, recipe.epochs, recipe.imgsz, recipe.batch,
-                       recipe.device, recipe.workers, run_dir, "finetune", recipe.seed,
-                       resume=status == "unfinished", exist_ok=True)
-    return trainer.best if trainer.best.is_file() else trainer.last
-
-
-def _kept(train_dir: Path) -> Path:
-    """The checkpoint a finished Ultralytics run keeps: weights/best.pt, else weights/last.pt."""
-    best = train_dir / "weights" / "best.pt"
-    return best if best.is_file() else train_dir / "weights" / "last.pt"
+        return family.kept_checkpoint(run_dir / "finetune")
+    return family.finetune(run_dir / "weights" / "pruned.pt", recipe.data, recipe.epochs, run_dir, "finetune",
+                           status == "unfinished", **_train_settings(recipe))
 
 
 def _latencies(baseline, run_dir: Path, recipe: Recipe, state: dict) -> dict:
@@ -149,7 +140,7 @@ def _latencies(baseline, run_dir: Path, recipe: Recipe, state: dict) -> dict:
     models = {"baseline": baseline, "pruned": load_model(run_dir / "weights" / "pruned.pt")}
     if "finetuned" in state:
         models["finetuned"] = load_model(state["finetuned"]["checkpoint"])
-    result = bench(models, batch=8, imgsz=recipe.imgsz, device=evaluate.torch_device(recipe.device))
+    result = bench(models, batch=8, imgsz=recipe.imgsz, device=torch_device(recipe.device))
     return {row["model"]: round(row["latency_ms"], 3) for row in result["rows"]}
 
 
@@ -178,12 +169,6 @@ def _write_report(run_dir: Path, method: str, recipe: Recipe, state: dict) -> di
 _STAGE_KEYS = ("params", "gflops", "size_mb", "map50", "map50_95", "latency_ms")
 
 
-def _options(recipe: Recipe) -> PruneOptions:
-    return PruneOptions(speed_up=recipe.speed_up, max_steps=recipe.max_steps, step_ratio=recipe.step_ratio,
-                        global_pruning=recipe.global_pruning, round_to=recipe.round_to,
-                        max_layer_ratio=recipe.max_layer_ratio, imgsz=recipe.imgsz, grad_batches=recipe.grad_batches)
-
-
 def _require(recipe: Recipe) -> None:
     for key in ("model", "data"):
         if not getattr(recipe, key):
@@ -199,12 +184,19 @@ def _require_reachable(model, plan, recipe: Recipe) -> None:
 
 
 def _train_args(recipe: Recipe) -> dict:
+    """What a saved checkpoint records about the data it is for."""
     return {"data": recipe.data, "imgsz": recipe.imgsz}
+
+
+def _train_settings(recipe: Recipe) -> dict:
+    """The recipe's settings for every training run (sparse training and finetuning)."""
+    return {"imgsz": recipe.imgsz, "batch": recipe.batch, "device": recipe.device, "workers": recipe.workers,
+            "seed": recipe.seed}
 
 
 def _measure(model, recipe: Recipe, run_dir: Path, stage: str) -> dict:
     return stage_metrics(model, recipe.imgsz, recipe.data if recipe.val else None, recipe.batch, recipe.device,
-                         recipe.workers, latency=False, save_dir=run_dir / "val" / stage)
+                         recipe.workers, save_dir=run_dir / "val" / stage)
 
 
 def _resume(run_dir: str | Path) -> tuple[Path, Recipe]:

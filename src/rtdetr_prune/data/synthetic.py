@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from rtdetr_prune.data.convert_common import write_data_yaml, yolo_line
+from rtdetr_prune.data.convert.common import write_data_yaml, yolo_line
 from rtdetr_prune.errors import UserError, suggest
 
 # x0, y0, x1, y1 in pixels; x1/y1 exclusive, so the shape covers pixels x0..x1-1.

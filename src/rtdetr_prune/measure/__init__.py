@@ -1,0 +1,1 @@
+"""Measuring models: params, GFLOPs and size (``counts``), and one report row per run stage (``stage``)."""

@@ -1,0 +1,113 @@
+"""The zeroed-channel trial: does removing a group's channels remove exactly them?
+
+On a copy of the model, zero some channels of each group (every layer that outputs them
+writes zeros, every layer that reads them reads zeros), run it, then remove exactly those channels
+and run it again. If Torch-Pruning removed the right channels from every layer, nothing else can
+change: the outputs must agree to float32 rounding (~1e-6). A group it maps wrongly (a ``chunk`` of one layer's output,
+channels reshaped into attention heads, a scale computed from the width) changes them by 1e-3 or more,
+or breaks the forward pass. :mod:`rtdetr_prune.pruning.analysis.prunable` runs it on every candidate group.
+
+Example:
+    >>> removal_trial(model, (), ["model.10.cv1.conv"], unit=8, imgsz=64)  # None: exact
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from rtdetr_prune.errors import first_line
+from rtdetr_prune.pruning.graph import TracedGraph, trace
+
+# Relative output change allowed. The trial runs in float32 (float64 convolutions take a slow path on CPU:
+# minutes for rtdetr-l); exact removals then differ by ~1e-6 (summation order), wrong ones by 1e-3 and more.
+TOLERANCE = 1e-4
+CHANGES = "changes outputs"  # how a trial's message starts when the model runs but its outputs moved
+_CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.Embedding)  # channels in the last dim
+
+
+def removal_trial(model: nn.Module, opaque: tuple[type, ...], keys: list[str], unit: int, imgsz: int) -> str | None:
+    """On a copy, zero the first ``unit`` channels of each group, then remove exactly them.
+
+    The kept outputs must not change and the model must still run (eval and train). Returns what
+    went wrong, or None. BatchNorm statistics are first fitted to a random batch, so that a randomly
+    initialized model's activations are not too small to show a difference.
+    """
+    if not keys:
+        return None
+    m = copy.deepcopy(model)
+    x = torch.randn(2, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    x = x.to(next(m.parameters()).device)
+    try:
+        graph = trace(m, opaque, imgsz)
+        idxs = {k: list(range(unit)) for k in keys}
+        region = graph.adapter.region()
+        _fit_batchnorm(region, x)
+        region.eval()
+        with torch.no_grad():
+            with _zeroed(graph, idxs):
+                expected = region(x)
+            graph.prune(idxs)
+            got = region(x)
+            m.eval()(x)
+            m.train()(x)
+    except Exception as e:  # noqa: BLE001 - the failure is the finding
+        return first_line(e)
+    change = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in zip(expected, got))
+    return f"{CHANGES} by up to {change:.1e} of their size" if change > TOLERANCE else None
+
+
+def _fit_batchnorm(region: nn.Module, x: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of ``x`` (one train-mode forward, no updates else)."""
+    for bn in region.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average: after one batch, exactly its statistics
+    with torch.no_grad():
+        region.train()(x)
+
+
+@contextlib.contextmanager
+def _zeroed(graph: TracedGraph, key_to_idxs: dict[str, list[int]]):
+    """Within the block, the given channels of each group read and write zeros.
+
+    Every module whose outputs the group removes has those output channels zeroed; every module
+    whose inputs it removes sees them as zeros (channel dim 1; last for Linear-like modules).
+    """
+    modules = set(graph.adapter.model.modules())
+    sides: dict[tuple[nn.Module, bool], set[int]] = {}
+    by_key = {graph.key(g): g for g in graph.all_groups()}
+    for key, idxs in key_to_idxs.items():
+        root = by_key[key][0].dep
+        for dep, dep_idxs in graph.DG.get_pruning_group(root.target.module, root.handler, idxs):
+            m = dep.target.module
+            if m in modules:
+                out = graph.DG.is_out_channel_pruning_fn(dep.handler)
+                sides.setdefault((m, out), set()).update(int(i) for i in dep_idxs)
+    handles = []
+    for (m, out), idxs in sides.items():
+        idxs = sorted(idxs)
+        if out:
+            handles.append(m.register_forward_hook(lambda mod, args, y, i=idxs: _zero(y, i, mod)))
+        else:
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, args, i=idxs: (_zero(args[0], i, mod), *args[1:]) if args else None))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _zero(t, idxs: list[int], m: nn.Module):
+    if not isinstance(t, torch.Tensor) or t.dim() < 2:
+        return t
+    t = t.clone()
+    if isinstance(m, _CHANNELS_LAST):
+        t[..., idxs] = 0
+    else:
+        t[:, idxs] = 0
+    return t
