@@ -12,12 +12,15 @@ against PyTorch's). For each pruned model, with ratios pruned / base:
 Then, to see where the time goes, one forward pass of the base model and of each ``--profile`` model
 is timed per region (backbone, AIFI, the rest of the encoder, decoder) with forward hooks, next to the
 region's conv/linear GFLOPs, and per operator with torch.profiler. ``--threads 1,2`` times every
-backend once per thread count; ``--round-to 8,16,32`` prunes every model once per channel rounding.
+backend once per thread count; ``--round-to 8,16,32`` prunes every model once per channel rounding;
+``--decoder-parts "none;memory,value,ffn,mlp"`` once per set of decoder parts (``;`` between sets, labels
+then name the set); ``--decoder-layers K`` keeps the first K decoder layers of every pruned model.
 
 Usage:
     python benchmarks/latency_vs_flops.py                                   # 640 px, batch 8, both backends
     python benchmarks/latency_vs_flops.py --imgsz 320 --targets 2 --methods lamp --backends torch --repeats 3
     python benchmarks/latency_vs_flops.py --targets 2 --round-to 8,16,32 --threads 1,2 --profile ""
+    python benchmarks/latency_vs_flops.py --targets 2 --decoder-parts "none;memory;value;ffn;mlp;memory,value,ffn,mlp"
 """
 
 from __future__ import annotations
@@ -39,11 +42,11 @@ from torch import nn  # noqa: E402
 
 from rtdetr_prune.bench.latency import bench, format_bench  # noqa: E402
 from rtdetr_prune.errors import UserError  # noqa: E402
+from rtdetr_prune.measure.layers import conv_linear_gflops as layer_gflops  # noqa: E402
 from rtdetr_prune.models import family_of, load_model  # noqa: E402
 from rtdetr_prune.pruning.analysis.prunable import analyse  # noqa: E402
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target  # noqa: E402
 from rtdetr_prune.pruning.methods import get_method  # noqa: E402
-from rtdetr_prune.pruning.planner import layer_gflops  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402
@@ -66,6 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: physical cores)")
     p.add_argument("--round-to", default=str(PruneOptions.round_to),
                    help=f"comma-separated channel roundings to prune with (engine default {PruneOptions.round_to})")
+    p.add_argument("--decoder-parts", default=PruneOptions.decoder_parts,
+                   help="decoder parts to prune, as the recipe's --decoder-parts; several sets separated by ';' "
+                   f"(default: the recipe's, {PruneOptions.decoder_parts})")
+    p.add_argument("--decoder-layers", type=int, default=0, help="keep the first K decoder layers (0: all)")
     p.add_argument("--atol", type=float, default=None, help="ONNX-vs-PyTorch tolerance (default: bench's, 1e-3)")
     p.add_argument("--profile", default="lamp 2x", help="comma-separated model labels to profile against the base "
                    "('' for none)")
@@ -80,16 +87,20 @@ def pruned_models(args) -> dict[str, nn.Module]:
     plans: dict[int, object] = {}  # round_to -> what may be pruned at that rounding
     models = {"base": base}
     roundings = [int(r) for r in args.round_to.split(",")]
+    variants = [v.strip() for v in args.decoder_parts.split(";")]
     for name in args.methods.split(","):
         for target in args.targets.split(","):
             for r in roundings:
-                label = f"{name} {float(target):g}x" + (f" r{r}" if len(roundings) > 1 else "")
-                t0 = time.perf_counter()
-                if r not in plans:
-                    plans[r] = analyse(base, r)
-                options = PruneOptions(speed_up=float(target), imgsz=args.imgsz, round_to=r)
-                models[label] = prune_to_target(base, get_method(name), options, plan=plans[r]).model
-                print(f"{label}: {time.perf_counter() - t0:.0f} s", flush=True)
+                for parts in variants:
+                    label = (f"{name} {float(target):g}x" + (f" r{r}" if len(roundings) > 1 else "")
+                             + (f" [{parts}]" if len(variants) > 1 else ""))
+                    t0 = time.perf_counter()
+                    if r not in plans:
+                        plans[r] = analyse(base, r)
+                    options = PruneOptions(speed_up=float(target), imgsz=args.imgsz, round_to=r, decoder_parts=parts,
+                                           decoder_layers=args.decoder_layers)
+                    models[label] = prune_to_target(base, get_method(name), options, plan=plans[r]).model
+                    print(f"{label}: {time.perf_counter() - t0:.0f} s", flush=True)
     return models
 
 

@@ -31,6 +31,9 @@ def files(tmp_path_factory, data_yaml):
                                                   "names": {0: "a", 1: "b", 2: "c"}}))
     (d / "five_classes.yaml").write_text(yaml.safe_dump({**data, "nc": 5, "names": {i: str(i) for i in range(5)}}))
     (d / "recipe_typo.yaml").write_text("speedup: 2\n")
+    for key in NAN_KEYS:
+        (d / f"nan_{key}.yaml").write_text(f"{key}: .nan\n")
+    (d / "batch_1e9.yaml").write_text("batch: 1000000000\n")
     return d
 
 
@@ -68,12 +71,86 @@ CASES = {
     "resume: not a run": (lambda f, d: ["prune", "--resume", str(f)], "not a run directory"),
 }
 
+# Every numeric option at 0, negative and absurd values (1e9, NaN): refused, or (when the value is legitimate, as
+# --epochs 0, --workers 1e9 or --max-steps 1e9) not listed here. Ultralytics clamps workers to the CPU count, and
+# max-steps and grad-batches are upper limits.
+BIG, HUGE_IMGSZ = "1000000000", str(2**30)  # 2**30 is a multiple of 32: only the upper bound refuses it
+NAN_KEYS = ("speed_up", "step_ratio", "max_layer_ratio", "tolerance", "reg", "delta_reg", "epochs")
+PRUNE_FLAGS = [
+    ("--speed-up", "0", "greater than 1"), ("--speed-up", "-1", "greater than 1"),
+    ("--speed-up", "1e9", "out of reach"), ("--speed-up", "nan", "finite number"),
+    ("--max-steps", "0", "at least 1"), ("--max-steps", "-1", "at least 1"), ("--max-steps", "nan", "invalid int"),
+    ("--step-ratio", "0", "between 0 and 1"), ("--step-ratio", "-1", "between 0 and 1"),
+    ("--step-ratio", "1e9", "between 0 and 1"),
+    ("--round-to", "-1", "at least 1"), ("--round-to", BIG, "out of reach"),
+    ("--max-layer-ratio", "0", "between 0 and 1"), ("--max-layer-ratio", "-1", "between 0 and 1"),
+    ("--max-layer-ratio", "1e9", "between 0 and 1"),
+    ("--tolerance", "-1", "between 0 and 1"), ("--tolerance", "1e9", "between 0 and 1"),
+    ("--grad-batches", "0", "at least 1"), ("--grad-batches", "-1", "at least 1"),
+    ("--epochs", "-1", "from 0 to 10000"), ("--epochs", BIG, "from 0 to 10000"), ("--epochs", "nan", "invalid int"),
+    ("--sparse-epochs", "-1", "from 0 to 10000"), ("--sparse-epochs", BIG, "from 0 to 10000"),
+    ("--reg", "1e9", "between 0 and 1"), ("--delta-reg", "-1", "between 0 and 1"),
+    ("--delta-reg", "1e9", "between 0 and 1"),
+    ("--imgsz", "0", "multiple of 32"), ("--imgsz", "-32", "multiple of 32"), ("--imgsz", HUGE_IMGSZ, "at most 4096"),
+    ("--batch", "0", "from 1 to 1024"), ("--batch", "-1", "from 1 to 1024"), ("--batch", BIG, "from 1 to 1024"),
+    ("--workers", "-1", "at least 0"),
+    ("--seed", "-1", "from 0 to"), ("--seed", str(2**32), "from 0 to"),
+]
+CASES.update({f"prune {flag} {value}": (lambda f, d, flag=flag, value=value: _prune(f, d, flag, value), expected)
+              for flag, value, expected in PRUNE_FLAGS})
+CASES.update({f"prune: {key}: .nan in the recipe": (
+    lambda f, d, key=key: _prune(f, d, "--config", str(f / f"nan_{key}.yaml")),
+    "a whole number" if key == "epochs" else "a finite number") for key in NAN_KEYS})
+CASES["prune: batch: 1e9 in the recipe"] = (lambda f, d: _prune(f, d, "--config", str(f / "batch_1e9.yaml")),
+                                             "from 1 to 1024")
+
+OTHER_COMMANDS = {  # command -> its arguments before the flag under test, writing (if at all) under the fixture
+    "val": lambda f, d: ["val", "--model", str(f / "good.pt"), "--data", d, "--imgsz", "160"],
+    "train": lambda f, d: ["train", "--model", "rtdetr-tiny", "--data", d, "--imgsz", "160", "--epochs", "1",
+                           "--project", str(f / "train")],
+    "bench": lambda f, d: ["bench", "--model", str(f / "good.pt"), "--imgsz", "160", "--batch", "1", "--repeats", "1",
+                           "--warmup", "0"],
+    "check": lambda f, d: ["check", "--model", str(f / "good.pt"), "--imgsz", "160"],
+    "data synthetic": lambda f, d: ["data", "synthetic", "--out", str(f / "syn"), "--images", "4", "--imgsz", "64"],
+    "demo": lambda f, d: ["demo", "--project", str(f / "demo")],
+}
+OTHER_FLAGS = [
+    ("val", "--batch", "0", "from 1 to 1024"), ("val", "--batch", "-1", "from 1 to 1024"),
+    ("val", "--batch", BIG, "from 1 to 1024"), ("val", "--workers", "-1", "at least 0"),
+    ("val", "--imgsz", HUGE_IMGSZ, "at most 4096"),
+    ("train", "--epochs", "0", "at least 1"), ("train", "--epochs", "-1", "from 0 to 10000"),
+    ("train", "--epochs", BIG, "from 0 to 10000"), ("train", "--batch", "0", "from 1 to 1024"),
+    ("train", "--batch", BIG, "from 1 to 1024"), ("train", "--workers", "-1", "at least 0"),
+    ("train", "--seed", "-1", "from 0 to"), ("train", "--imgsz", "0", "multiple of 32"),
+    ("bench", "--batch", "0", "from 1 to 1024"), ("bench", "--batch", BIG, "from 1 to 1024"),
+    ("bench", "--repeats", "0", "repeats from 1"), ("bench", "--repeats", BIG, "repeats from 1"),
+    ("bench", "--warmup", "-1", "warmup from 0"), ("bench", "--warmup", BIG, "warmup from 0"),
+    ("bench", "--imgsz", HUGE_IMGSZ, "at most 4096"),
+    ("check", "--imgsz", HUGE_IMGSZ, "at most 4096"), ("check", "--round-to", "-1", "at least 1"),
+    ("check", "--max-layer-ratio", "1e9", "between 0 and 1"),
+    ("data synthetic", "--images", "0", "from 2"), ("data synthetic", "--images", "-1", "from 2"),
+    ("data synthetic", "--images", BIG, "from 2"), ("data synthetic", "--imgsz", "0", "from 32"),
+    ("data synthetic", "--imgsz", BIG, "from 32"), ("data synthetic", "--seed", "-1", "0 or more"),
+    ("demo", "--epochs", "-1", "from 0 to 10000"), ("demo", "--epochs", BIG, "from 0 to 10000"),
+]
+CASES.update({f"{cmd} {flag} {value}": (lambda f, d, cmd=cmd, flag=flag, value=value: [*OTHER_COMMANDS[cmd](f, d),
+                                                                                      flag, value], expected)
+              for cmd, flag, value, expected in OTHER_FLAGS})
+
+
+def _exit_status(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse refuses a value of the wrong type itself ("nan" for a whole number)
+        return e.code
+
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input(case, files, data_yaml, capsys):
+def test_bad_input(case, files, data_yaml, capsys, monkeypatch):
     argv, expected = CASES[case]
+    monkeypatch.chdir(files)  # a default relative output (runs/...) would show up below
     before = sorted(p.name for p in files.rglob("*"))
-    assert main(argv(files, data_yaml)) == 2
+    assert _exit_status(argv(files, data_yaml)) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err, err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -91,3 +168,16 @@ def test_verbose_shows_the_traceback(files, data_yaml):
 
     with pytest.raises(UserError):
         main(["prune", "--verbose", *_prune(files, data_yaml, "--speed-up", "0.5")[1:]])
+
+
+def test_legitimate_extremes_run(files, data_yaml, monkeypatch, capsys):
+    """The values the table leaves out run: no finetuning (--epochs 0), workers beyond the CPU count (Ultralytics
+    clamps them), and upper limits far above what is needed (steps; gradient batches: one pass over the data)."""
+    monkeypatch.chdir(files)
+    argv = _prune(files, data_yaml, "--method", "group_taylor", "--workers", "1000000000", "--max-steps", "1000000000",
+                  "--grad-batches", "1000000000", "--seed", str(2**31 - 1), "--speed-up", "1.2", "--step-ratio", "0.2",
+                  "--no-latency", "--project", str(files / "extremes"))
+    assert main(argv) == 0, capsys.readouterr().err
+    report = yaml.safe_load((files / "extremes" / "exp" / "report.json").read_text())
+    assert report["speed_up_achieved"] >= 1.2 and report["finetuned"] is None
+    assert report["pruned"]["map50"] is not None  # validated with --workers 1e9

@@ -5,6 +5,7 @@ Fixture images are 64 x 48 pixels unless said otherwise, so a box [x1, x2) x [y1
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,117 @@ def test_user_errors_say_what_and_where(coco, tmp_path):
     (coco / "annotations" / "instances_train2017.json").unlink()
     with pytest.raises(UserError, match="instances_train"):
         convert_dataset("coco", coco, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- paths from annotations stay inside the source
+# Convention (data/convert/common.py): an entry whose file lies outside the source folder stops the conversion
+# with one line naming it, before anything is written; a file that is not an image is skipped and counted.
+
+IMAGE_DIR = {"coco": "train2017", "voc": "JPEGImages", "crowdhuman": "Images",
+             "visdrone": "VisDrone2019-DET-train/images"}
+
+
+def _add_entry(fmt: str, src: Path, name: str) -> None:
+    """List one more train image in the annotations of ``src``, named ``name`` the way ``fmt`` names images."""
+    if fmt == "coco":  # name: file_name
+        path = src / "annotations" / "instances_train2017.json"
+        data = json.loads(path.read_text())
+        data["images"].append({"id": 50, "file_name": name, "width": 64, "height": 48})
+        path.write_text(json.dumps(data))
+    elif fmt == "voc":  # name: <filename> of annotation s5, listed in train.txt
+        _write(src / "Annotations" / "s5.xml", _voc_xml("").replace("x.jpg", name))
+        _write(src / "ImageSets" / "Main" / "train.txt", "s1\ns2\ns5\n")
+    elif fmt == "crowdhuman":  # name: ID, the image being Images/<ID>.jpg
+        with (src / "annotation_train.odgt").open("a") as f:
+            f.write(json.dumps({"ID": name, "gtboxes": []}) + "\n")
+    else:  # visdrone names images by listing images/; an annotation file makes one count
+        _write(src / "VisDrone2019-DET-train" / "annotations" / f"{Path(name).stem}.txt", "1,1,5,5,1,1,0,0\n")
+
+
+def _traversal(fmt, src, evil):
+    return {"coco": "../evil.jpg", "voc": "../../evil.jpg", "crowdhuman": "../../evil"}[fmt]
+
+
+def _absolute(fmt, src, evil):
+    return str(evil.with_suffix("")) if fmt == "crowdhuman" else str(evil)
+
+
+def _symlink(fmt, src, evil):
+    (src / IMAGE_DIR[fmt] / "link.jpg").symlink_to(evil)
+    return "link" if fmt == "crowdhuman" else "link.jpg"
+
+
+OUTSIDE = [(fmt, case) for fmt in ("coco", "voc", "crowdhuman") for case in (_traversal, _absolute, _symlink)]
+OUTSIDE.append(("visdrone", _symlink))  # VisDrone names come from the folder listing: only a symlink can lead out
+
+
+def _refused(fmt: str, src: Path, out: Path, named: str) -> None:
+    with pytest.raises(UserError) as e:
+        convert_dataset(fmt, src, out, verbose=False)
+    message = str(e.value)
+    assert "outside the source folder" in message and named in message, message
+    assert len(message.splitlines()) == 1, message
+    assert not out.exists(), "nothing written"
+
+
+@pytest.mark.parametrize("fmt, case", OUTSIDE, ids=[f"{f}-{c.__name__[1:]}" for f, c in OUTSIDE])
+def test_an_entry_leading_outside_the_source_is_refused(fmt, case, request, tmp_path):
+    src = request.getfixturevalue(fmt)
+    evil = tmp_path / "evil.jpg"  # a real image next to the source, not in it
+    _image(evil)
+    name = case(fmt, src, evil)
+    _add_entry(fmt, src, name)
+    _refused(fmt, src, tmp_path / "out", name)
+
+
+def test_voc_image_set_id_cannot_lead_out(voc, tmp_path):
+    _write(tmp_path / "evil.xml", _voc_xml(""))  # what ImageSets id ../../evil reaches from Annotations/
+    _write(voc / "ImageSets" / "Main" / "train.txt", "s1\n../../evil\n")
+    _refused("voc", voc, tmp_path / "out", "'../../evil'")
+
+
+def test_visdrone_annotation_symlink_cannot_lead_out(visdrone, tmp_path):
+    _write(tmp_path / "labels.txt", "1,1,5,5,1,1,0,0\n")
+    ann = visdrone / "VisDrone2019-DET-train" / "annotations" / "b.txt"
+    ann.unlink()
+    ann.symlink_to(tmp_path / "labels.txt")
+    _refused("visdrone", visdrone, tmp_path / "out", "annotations/b.txt")
+
+
+def _truncated(path: Path) -> None:
+    """An image cut in half, as an interrupted copy leaves it: its header opens, its data does not verify.
+
+    PNG data, whatever the suffix: Pillow identifies images by content, and verifies PNG checksums (a JPEG's
+    verify reads only its header).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 48), (120, 130, 140)).save(path, format="PNG")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("fmt", ["coco", "voc", "crowdhuman", "visdrone"])
+def test_a_file_that_is_not_an_image_is_skipped_and_counted(fmt, request, tmp_path):
+    src = request.getfixturevalue(fmt)
+    _truncated(src / IMAGE_DIR[fmt] / "broken.jpg")
+    _add_entry(fmt, src, "broken" if fmt == "crowdhuman" else "broken.jpg")
+    out = convert_dataset(fmt, src, tmp_path / "out", verbose=False)
+    assert _report(out)["skipped_images"].get("unreadable_image") == 1
+    assert not [p for p in (out.parent / "images").rglob("broken*")]
+    assert not [p for p in (out.parent / "labels").rglob("broken*")]
+
+
+def test_coco_file_without_an_image_suffix_is_not_an_image(coco, tmp_path):
+    _write(coco / "train2017" / "hostname", "buildhost\n")
+    _add_entry("coco", coco, "hostname")  # with its size listed, as a crafted file would have
+    out = convert_dataset("coco", coco, tmp_path / "out", verbose=False)
+    assert _report(out)["skipped_images"] == {"missing_image": 1, "not_an_image": 1}
+    assert sorted(p.name for p in (out.parent / "images" / "train").iterdir()) == ["a.jpg", "b.jpg"]
+
+
+def test_images_are_hard_linked_only_when_the_source_file_has_no_other_name(coco, tmp_path):
+    os.link(coco / "train2017" / "a.jpg", tmp_path / "elsewhere.jpg")  # a.jpg also has a name outside the source
+    out = convert_dataset("coco", coco, tmp_path / "out", verbose=False)
+    a, b = (out.parent / "images" / "train" / n for n in ("a.jpg", "b.jpg"))
+    assert not a.samefile(coco / "train2017" / "a.jpg") and a.stat().st_nlink == 1, "copied"
+    assert a.read_bytes() == (coco / "train2017" / "a.jpg").read_bytes()
+    assert b.samefile(coco / "train2017" / "b.jpg"), "linked: b.jpg had no other name"

@@ -1,12 +1,16 @@
 """Every method prunes to the target, and the pruned model still works (eval, train, loss)."""
 
+import math
+
 import pytest
 import torch
 from conftest import IMGSZ, fake_batch
 
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.measure import counts as metrics
+from rtdetr_prune.pruning.analysis.check import check_model
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.graph import trace
 from rtdetr_prune.pruning.methods import METHODS, get_method
 
 
@@ -49,11 +53,27 @@ def test_caller_model_is_not_modified(tiny):
 
 
 def test_channels_are_rounded_and_capped(tiny):
-    result = prune_to_target(tiny, get_method("lamp"), PruneOptions(speed_up=2.0, imgsz=IMGSZ, round_to=8))
-    original = prune_to_target(tiny, get_method("lamp"), PruneOptions(speed_up=1.01, imgsz=IMGSZ, max_steps=1)).widths
+    """Every group ends on a multiple of round_to and no lower than its floor: at most max_layer_ratio of its
+    original width removed (the floor rounded up to round_to; one unit at least). The target is past what the
+    caps allow, so groups do reach their floors: the check binds."""
+    unit, ratio = 8, 0.5
+    graph = trace(tiny)
+    original = {graph.key(g): graph.root_width(g) for g in graph.all_groups()}
+    result = prune_to_target(tiny, get_method("lamp"), PruneOptions(speed_up=3.0, imgsz=IMGSZ, round_to=unit,
+                                                                    max_layer_ratio=ratio))
+    assert "limit" in result.message, result.message
+    floors = {k: max(unit, unit * math.ceil((1 - ratio) * original[k] / unit)) for k in result.widths}
     for key, width in result.widths.items():
-        assert width % 8 == 0, (key, width)
-        assert width >= 8
+        assert width % unit == 0 and floors[key] <= width <= original[key], (key, width, floors[key], original[key])
+    at_floor = [k for k, w in result.widths.items() if w == floors[k] < original[k]]
+    assert len(at_floor) > len(result.widths) // 2, at_floor
+
+
+def test_engine_reaches_the_maximum_check_reports(tiny):
+    """`check`'s max_speed_up is what pruning every group to its floor gives: asking the engine for it gets there."""
+    most = check_model(tiny, imgsz=IMGSZ, round_to=8)["max_speed_up"]
+    result = prune_to_target(tiny, get_method("lamp"), PruneOptions(speed_up=most, imgsz=IMGSZ, round_to=8))
+    assert result.speed_up >= 0.97 * most, (result.speed_up, most, result.message)
 
 
 def test_global_pruning_reaches_target(tiny):

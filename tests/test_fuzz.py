@@ -55,11 +55,11 @@ def _check_case(case):
     cfg, imgsz, speed_up, method, global_pruning = case
     torch.manual_seed(0)
     model = RTDETRDetectionModel(cfg, verbose=False).eval()
-    report = check_model(model, imgsz=imgsz)
+    report = check_model(model, imgsz=imgsz, round_to=8)
     assert report["max_speed_up"] >= 1.0
     try:
         result = prune_to_target(model, get_method(method), PruneOptions(
-            speed_up=speed_up, imgsz=imgsz, global_pruning=global_pruning, max_steps=8, round_to=8))
+            speed_up=speed_up, imgsz=imgsz, global_pruning=global_pruning, round_to=8))
     except UserError as e:  # a clear "cannot" is an acceptable outcome
         assert str(e)
         return
@@ -69,6 +69,11 @@ def _check_case(case):
     assert y[0].shape == (1, 10, 6) and torch.isfinite(y[0]).all()
     if result.speed_up >= speed_up:
         assert result.speed_up <= speed_up * 1.03 + 1e-9 or "window" in result.message
+    else:  # short of the target only where `check` (rounded to 3 decimals) says it is out of reach; and why
+        most = report["max_speed_up"]
+        assert most < speed_up + 5e-4, f"check says {most}x is reachable, the engine stopped at {result.speed_up:.3f}x: " \
+                                f"{result.message}"
+        assert "limit" in result.message and result.speed_up >= 0.97 * most, (result.speed_up, most, result.message)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))

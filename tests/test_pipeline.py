@@ -133,3 +133,22 @@ def test_training_finished_but_not_recorded_is_reused(data_yaml, tmp_path):
 def test_resume_rejects_a_non_run_directory(tmp_path, capsys):
     assert main(["prune", "--resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_sparse_epochs_0_prunes_the_given_model_and_says_so(data_yaml, tmp_path, caplog):
+    """--sparse-epochs 0 with a sparse method: no sparse training (Ultralytics refuses epochs=0), the model as
+    given is pruned, and the report and the log say so."""
+    import logging
+
+    argv = _args(data_yaml, tmp_path, "run", "slim", "--sparse-epochs", "0", "--epochs", "0", "--no-latency",
+                 "--no-val")
+    with caplog.at_level(logging.WARNING, logger="rtdetr_prune"):
+        assert main(argv) == 0
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert report["speed_up_achieved"] >= 1.5
+    assert len(report["notes"]) == 1 and "without sparse training" in report["notes"][0], report["notes"]
+    assert "without sparse training" in (run / "report.md").read_text()
+    assert "without sparse training" in caplog.text
+    assert not (run / "sparse").exists(), "no sparse training run"
+    assert "checkpoint" not in json.loads((run / "state.json").read_text())["sparse"]

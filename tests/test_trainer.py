@@ -151,8 +151,8 @@ def test_penalty_lands_on_unscaled_gradients_once(tiny):
     sparsifier.scale = 0.5
     modules = dict(tiny.named_modules())
     free = modules[sparsifier.bn_names[0]]
-    protected = tiny.model[-1].input_proj[0][1]  # a decoder BatchNorm
-    assert isinstance(protected, nn.BatchNorm2d) and "model.22.input_proj.0.1" not in sparsifier.bn_names
+    protected = modules["model.0.m.0.cv1.bn"]  # a BatchNorm of a skipped group (8 channels: narrower than a unit)
+    assert isinstance(protected, nn.BatchNorm2d) and "model.0.m.0.cv1.bn" not in sparsifier.bn_names
 
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     tiny.train()
@@ -270,3 +270,34 @@ def test_ddp_worker_loads_the_plugins_the_launcher_loaded(data_yaml, tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         assert trainer.last.is_file()
     assert rules.PLUGINS_ENV not in os.environ or "my_modules" not in os.environ[rules.PLUGINS_ENV]  # scoped
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*")} if root.is_dir() else set()
+
+
+def test_a_run_writes_nothing_outside_its_directory(tiny, data_yaml, tmp_path, monkeypatch):
+    """A 1-epoch finetune and the run's validations, from a relative run directory as the CLI's default, leave
+    nothing outside it: no runs/detect/<project>/<name> tree in the working directory or in Ultralytics' runs
+    folder (where it puts relative projects), and no temporary folder once validation is done."""
+    import tempfile
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import get_save_dir
+
+    work, tmp = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir(), tmp.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    runs = get_save_dir(SimpleNamespace(project="p", name="n", task="detect", mode="val", exist_ok=True)).parents[2]
+    runs_before = _tree(runs)
+    model_pt = save_checkpoint(tiny, tmp_path / "model.pt")
+    trainer = finetune(model_pt, data_yaml, 1, IMGSZ, BATCH, "cpu", 0, "runs/prune/exp", "finetune", 0, **FAST)
+    assert trainer.best.is_file()
+    val_map(load_model(trainer.best), data_yaml, IMGSZ, BATCH, "cpu", 0, save_dir="runs/prune/exp/val/finetuned")
+    val_map(load_model(trainer.best), data_yaml, IMGSZ, BATCH, "cpu", 0)  # no save_dir: a temporary one
+    run = work / "runs" / "prune" / "exp"
+    outside = [p for p in work.rglob("*") if p != run and run not in p.parents and p not in run.parents]
+    assert not outside, outside
+    assert _tree(runs) == runs_before, sorted(_tree(runs) - runs_before)
+    assert not list(tmp.glob("rtdetr_prune_val_*")), "the temporary validation folder is removed"

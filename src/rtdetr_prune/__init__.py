@@ -8,8 +8,9 @@ Example:
 The package is laid out by concern: ``models/`` (model families: loading, saving, training,
 evaluation; one folder per family), ``pruning/`` (the engine), ``train/``, ``measure/``, ``bench/``,
 ``report/``, ``data/`` and ``io/``; ``pipeline`` runs a whole job and ``cli`` parses commands.
-Importing the package registers the built-in model family (Ultralytics RT-DETR, with the zoo's
-ResNet-vd backbones and the built-in rewrites).
+Importing the package registers the built-in model families: Ultralytics RT-DETR (with the zoo's
+ResNet-vd backbones and the built-in rewrites) and transformers' RT-DETR / RT-DETRv2 (transformers is
+imported only when such a model is used).
 """
 
 import os
@@ -20,6 +21,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from rtdetr_prune._version import __version__  # noqa: E402
 from rtdetr_prune.models import load_model, zoo_names  # noqa: E402
+from rtdetr_prune.models import transformers as _transformers  # noqa: E402, F401  (registers it; transformers optional)
 from rtdetr_prune.models import ultralytics as _ultralytics  # noqa: E402, F401  (registers the family)
 from rtdetr_prune.pruning import rules  # noqa: E402  (users' plugins: `from rtdetr_prune import rules`)
 

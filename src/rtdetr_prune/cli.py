@@ -77,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     c = sub.add_parser("check", parents=[common], help="can this model be pruned, and how far?")
-    _recipe_flags(c, "model", "imgsz", "round_to", "max_layer_ratio", required=("model",))
+    _recipe_flags(c, "model", "imgsz", "round_to", "max_layer_ratio", "decoder_parts", "decoder_layers",
+                  required=("model",))
     c.add_argument("--json", action="store_true", help="print JSON instead of text")
     c.set_defaults(func=_cmd_check)
 
@@ -165,7 +166,8 @@ def _cmd_check(args) -> int:
     from rtdetr_prune.pruning.analysis.check import check_model, format_check
 
     _check_imgsz(args.imgsz)
-    result = check_model(load_model(args.model), args.imgsz, args.round_to, args.max_layer_ratio)
+    result = check_model(load_model(args.model), args.imgsz, args.round_to, args.max_layer_ratio,
+                         decoder_parts=args.decoder_parts, decoder_layers=args.decoder_layers)
     result["model"] = args.model
     print(json.dumps(result, indent=2) if args.json else format_check(result))
     return 0
@@ -192,7 +194,7 @@ def _cmd_val(args) -> int:
     from rtdetr_prune.measure.stage import val_map
     from rtdetr_prune.models import load_model
 
-    _check_imgsz(args.imgsz)
+    validate(args, ["imgsz", "batch", "workers"])
     data = load_data(args.data)
     model = load_model(args.model)
     require_same_classes(model, data, args.data)
@@ -237,7 +239,9 @@ def _cmd_train(args) -> int:
     from rtdetr_prune.models.ultralytics.trainer import train_baseline
     from rtdetr_prune.recipe import check_device
 
-    _check_imgsz(args.imgsz)
+    validate(args, ["imgsz", "batch", "workers", "project", "name", "seed", "epochs"])
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1 to train (got {args.epochs}).")
     check_device(args.device)
     load_data(args.data)
     trainer = train_baseline(args.model, args.data, args.epochs, args.imgsz, args.batch, args.device, args.workers,
@@ -252,6 +256,7 @@ def _cmd_demo(args) -> int:
     from rtdetr_prune.demo import run_demo
     from rtdetr_prune.report import stage_table
 
+    validate(args, ["epochs"])  # before the demo writes its data
     start = time.time()
     report = run_demo(args.project, epochs=args.epochs)
     print(stage_table(report))

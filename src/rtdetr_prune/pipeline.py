@@ -10,12 +10,17 @@ Run directory layout::
 
     recipe.yaml            merged options
     state.json             finished stages and their measurements
-    sparse/                sparse training run (sparse methods only): weights/best.pt, sparsity.csv/.png
+    sparse/                sparse training run (sparse methods only): weights/best.pt, last.pt (and prunable.pt
+                           with --sparse-pick prunable), sparsity.csv (per epoch: sparsity, mAP50-95, pruned
+                           mAP50-95) and sparsity.png
+    rounds/<i>/            iterative schedule: round i's pruned model, history.csv, widths.csv and finetune run
+                           (every round but the last; the last round uses the paths below)
     weights/pruned.pt      pruned model (Ultralytics checkpoint; loads with ultralytics.RTDETR)
     weights/pruned_safe/   the same model as safetensors + JSON spec (no pickle)
     history.csv            step, params, gflops, speed_up
+    widths.csv             each layer group's width before pruning started and after (widths.png draws it)
     finetune/              finetuning run: weights/best.pt, last.pt, results.csv
-    report.json            the numbers; report.md (the table) and curve.png for people
+    report.json            the numbers; report.md (the table), curve.png and widths.png for people
 """
 
 from __future__ import annotations
@@ -23,21 +28,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 
 from rtdetr_prune import report as report_md
 from rtdetr_prune.data.yolo import data_batches, load_data, require_same_classes
-from rtdetr_prune.errors import UserError
+from rtdetr_prune.errors import UserError, first_line
 from rtdetr_prune.io.files import new_run_dir, write_csv, write_json
 from rtdetr_prune.measure.stage import stage_metrics, torch_device
 from rtdetr_prune.models import family_of, load_model
 from rtdetr_prune.pruning import rules
 from rtdetr_prune.pruning.analysis import analyse, check_model
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.latency_aware import LayerCosts
+from rtdetr_prune.pruning.latency_target import prune_to_latency
 from rtdetr_prune.pruning.methods import get_method
+from rtdetr_prune.pruning.schedule import round_epochs, round_targets, step_target
 from rtdetr_prune.recipe import Recipe, load_recipe, save_recipe
+from rtdetr_prune.train.distill import DistillOptions
 from rtdetr_prune.train.sparsity import SparseOptions
 
 LOG = logging.getLogger("rtdetr_prune")
@@ -54,6 +64,8 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     require_same_classes(model, data, recipe.data)
     rules.apply_rewrites(model)
     plan = analyse(model, recipe.round_to)
+    if method.needs_sparse_training and recipe.sparse_model:
+        _require_sparse_model(model, recipe)
     if run_dir is None:
         _require_reachable(model, plan, recipe)
         run_dir = new_run_dir(recipe.project, recipe.name)
@@ -65,15 +77,23 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
         state["baseline"] = _measure(model, recipe, run_dir, "baseline")
         _save_state(run_dir, state)
     if method.needs_sparse_training and "sparse" not in state:
-        state["sparse"] = {"checkpoint": str(_sparse(model, method.name, recipe, run_dir))}
+        probe = {"method": method.name, "plan": plan,  # what "prunable" scores each epoch by: the first pruning
+                 "options": dataclasses.replace(options, speed_up=round_targets(recipe.speed_up, _rounds_of(recipe))[0],
+                                            latency_aware=False)}  # per epoch: GFLOPs ranking, no timing
+        state["sparse"] = _sparse_stage(model, method.name, recipe, run_dir, probe)
         _save_state(run_dir, state)
+    start = state.get("sparse", {}).get("checkpoint")  # none with --sparse-epochs 0
+    start, original = _rounds(model, start, plan, method, options, recipe, data, run_dir, state)  # iterative only
     if "pruned" not in state:
-        source = load_model(state["sparse"]["checkpoint"]) if "sparse" in state else model
-        state["pruned"] = _prune(source, plan, method, options, recipe, data, run_dir)
+        source = load_model(start) if start else model
+        step = _step_options(options, recipe, state, recipe.speed_up)
+        state["pruned"] = _prune(source, plan, method, step, recipe, data, run_dir, original=original,
+                                 base_gflops=state["baseline"]["gflops"])
         _save_state(run_dir, state)
     _write_report(run_dir, method.name, recipe, state)  # a report of what is done, before the long finetune
-    if recipe.epochs > 0 and "finetuned" not in state:
-        best = _finetune(model, run_dir, recipe)
+    epochs = round_epochs(recipe.epochs, _rounds_of(recipe))[-1]
+    if epochs > 0 and "finetuned" not in state:
+        best = _finetune(model, run_dir, recipe, epochs=epochs)
         state["finetuned"] = {**_measure(load_model(best), recipe, run_dir, "finetuned"), "checkpoint": str(best)}
         _save_state(run_dir, state)
     if recipe.latency and "latency" not in state:
@@ -83,53 +103,166 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     return {**report, "run_dir": str(run_dir)}
 
 
-def _sparse(model, method: str, recipe: Recipe, run_dir: Path) -> Path:
-    """Sparse-train (or take ``--sparse-model``); return the sparse checkpoint to prune."""
-    if recipe.sparse_model:
-        load_model(recipe.sparse_model)  # fail early and clearly if it is not usable
-        return Path(recipe.sparse_model)
+def _rounds(model, start: str | None, plan, method, options, recipe: Recipe, data: dict, run_dir: Path,
+            state: dict) -> tuple[str | None, dict | None]:
+    """The iterative schedule's rounds but the last (each prunes a step and finetunes its share of the epochs, in
+    ``rounds/<i>/``, recorded in ``state["rounds"]`` as it finishes). Returns the checkpoint the last round prunes
+    (``start`` for one-shot) and the widths pruning started from (None for one-shot: the model's own)."""
+    if recipe.schedule == "oneshot":
+        return start, None
+    targets, epochs = round_targets(recipe.speed_up, recipe.rounds), round_epochs(recipe.epochs, recipe.rounds)
+    rounds = state.setdefault("rounds", [])
+    for i in range(1, recipe.rounds):
+        where = run_dir / "rounds" / str(i)
+        if len(rounds) < i:  # prune this round's step
+            source = load_model(start) if start else model
+            original = rounds[0]["pruned"]["original_widths"] if rounds else None
+            step = _step_options(options, recipe, state, targets[i - 1])
+            stage = _prune(source, plan, method, step, recipe, data, run_dir, where=where, stage=f"round{i}-pruned",
+                           original=original, base_gflops=state["baseline"]["gflops"])
+            rounds.append({"round": i, "target": targets[i - 1], "epochs": epochs[i - 1], "pruned": stage})
+            _save_state(run_dir, state)
+        record = rounds[i - 1]
+        if "finetuned" not in record:
+            checkpoint = where / "weights" / "pruned.pt"
+            if epochs[i - 1] > 0:
+                checkpoint = _finetune(model, run_dir, recipe, where=where, epochs=epochs[i - 1])
+                record["finetuned"] = _measure(load_model(checkpoint), recipe, run_dir, f"round{i}-finetuned")
+            record.setdefault("finetuned", {})["checkpoint"] = str(checkpoint)
+            _save_state(run_dir, state)
+        start = record["finetuned"]["checkpoint"]
+    return start, rounds[0]["pruned"]["original_widths"] if rounds else None
+
+
+def _rounds_of(recipe: Recipe) -> int:
+    return recipe.rounds if recipe.schedule == "iterative" else 1
+
+
+def _step_options(options: PruneOptions, recipe: Recipe, state: dict, target: float) -> PruneOptions:
+    """The engine's options for pruning toward overall ``target`` from where the last round left the model."""
+    rounds = state.get("rounds") or []
+    if not rounds:
+        return dataclasses.replace(options, speed_up=target)
+    return dataclasses.replace(options, speed_up=step_target(target, rounds[-1]["pruned"]["speed_up"]))
+
+
+def _sparse_stage(model, method: str, recipe: Recipe, run_dir: Path, probe: dict) -> dict:
+    """The sparse stage's record: the checkpoint to prune and which epoch it is (``--sparse-pick``), or
+    (``--sparse-epochs 0``) a note that there is none."""
+    if recipe.sparse_epochs == 0 and not recipe.sparse_model:
+        note = (f"--sparse-epochs 0: {method} pruned the given model without sparse training, so its channel "
+                "scores are the trained model's own, not sparsified ones.")
+        LOG.warning(note)
+        return {"note": note}
+    if recipe.sparse_model:  # checked at the start (_require_sparse_model)
+        return {"checkpoint": recipe.sparse_model}
+    family = family_of(model)
+    if recipe.sparse_pick in family.sparse_picks:
+        return {"checkpoint": str(_sparse(model, method, recipe, run_dir, recipe.sparse_pick, probe)),
+                "pick": recipe.sparse_pick}
+    note = (f"--sparse-pick {recipe.sparse_pick}: {family.name} models keep their sparse training's "
+            f"{family.sparse_picks[0]} epoch ({', '.join(family.sparse_picks)} only).")
+    LOG.warning(note)
+    return {"checkpoint": str(_sparse(model, method, recipe, run_dir, family.sparse_picks[0], probe)),
+            "pick": family.sparse_picks[0], "note": note}
+
+
+def _sparse(model, method: str, recipe: Recipe, run_dir: Path, pick: str, probe: dict) -> Path:
+    """Sparse-train (continuing an interrupted run); return the epoch ``pick`` names. ``probe``: the method,
+    options and plan that score each epoch's prunability (used with pick "prunable")."""
     family = family_of(model)
     status = family.run_status(run_dir, "sparse", recipe.sparse_epochs)
-    if status == "finished":  # killed after training, before the stage was recorded
-        return family.kept_checkpoint(run_dir / "sparse")
-    start = run_dir / "weights" / "baseline.pt"
-    if status == "new":
-        family.save_checkpoint(model, start, train_args=_train_args(recipe))
-    sparse = dataclasses.asdict(SparseOptions.from_recipe(recipe))
-    del sparse["method"]
-    return family.sparse_train(start, recipe.data, method, recipe.sparse_epochs, run_dir, "sparse",
-                               status == "unfinished", sparse, **_train_settings(recipe))
+    if status != "finished":  # "finished": killed after training, before the stage was recorded
+        start = _baseline_checkpoint(model, recipe, run_dir)
+        sparse = dataclasses.asdict(SparseOptions.from_recipe(recipe))
+        del sparse["method"]
+        picking = {} if pick == "best" else {"pick": pick, **({"probe": probe} if pick == "prunable" else {})}
+        family.sparse_train(start, recipe.data, method, recipe.sparse_epochs, run_dir, "sparse",
+                            status == "unfinished", sparse, distill=_distill(model, recipe, run_dir), **picking,
+                            **_train_settings(recipe))
+    return family.sparse_checkpoint(run_dir / "sparse", pick)
 
 
-def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Path) -> dict:
-    """Prune to the target; write history.csv, weights/pruned.pt (and the safe copy); return the stage."""
+def _baseline_checkpoint(model, recipe: Recipe, run_dir: Path) -> Path:
+    """weights/baseline.pt: the model the run started from, as its family's trainers read it (written once)."""
+    path = run_dir / "weights" / "baseline.pt"
+    if not path.is_file():
+        family_of(model).save_checkpoint(model, path, train_args=_train_args(recipe))
+    return path
+
+
+def _distill(model, recipe: Recipe, run_dir: Path) -> tuple[Path, DistillOptions] | None:
+    """(teacher checkpoint, loss weights) when the recipe distils: the teacher is the baseline."""
+    if not recipe.distill:
+        return None
+    return _baseline_checkpoint(model, recipe, run_dir), DistillOptions.from_recipe(recipe)
+
+
+def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Path, where: Path | None = None,
+           stage: str = "pruned", original: dict | None = None, base_gflops: float | None = None) -> dict:
+    """Prune to the target; write history.csv, widths.csv, weights/pruned.pt (and the safe copy) into ``where``
+    (default: the run directory); return the stage. ``original``: the widths pruning started from, when ``model``
+    is a round's already pruned model; ``base_gflops``: the run's baseline GFLOPs (its speed-up is counted from them)."""
+    where = where or run_dir
     batches = data_batches(data, recipe.imgsz, recipe.batch, workers=0) if method.needs_gradients else None
     rows: list[dict] = []
 
     def on_step(row: dict) -> None:  # keep history.csv current: a crash keeps the steps done so far
         rows.append(row)
-        write_csv(run_dir / "history.csv", rows)
+        write_csv(where / "history.csv", rows)
 
-    result = prune_to_target(model, method, options, batches, plan, on_step=on_step)
+    latency, costs = None, None
+    if recipe.latency_aware:  # the per-layer time table, measured once on the run's device and runtime
+        costs = LayerCosts.measure(model, recipe.latency_batch, recipe.imgsz, recipe.backend,
+                                   torch_device(recipe.device))
+    if recipe.target == "latency":  # measured: the GFLOPs engine, aimed by timing against the model (one-shot only)
+        latency = prune_to_latency(model, method, options, _meter(model, recipe), batches, plan, costs=costs)
+        result = latency.result
+        for row in result.history:
+            on_step(row)
+        LOG.info(latency.message)
+    else:
+        result = prune_to_target(model, method, options, batches, plan, on_step=on_step, original_widths=original,
+                                 costs=costs)
     LOG.info(result.message)
+    order = {name: i for i, (name, _) in enumerate(result.model.named_modules())}  # network order
+    write_csv(where / "widths.csv", [{"group": k, "original": w, "pruned": result.widths.get(k, w)}
+                                     for k, w in sorted(result.original_widths.items(), key=lambda kw: order.get(kw[0], 0))])
     meta = {"method": method.name, "speed_up": result.speed_up, "widths": result.widths}
     family = family_of(result.model)
-    family.save_safe(result.model, run_dir / "weights" / "pruned_safe", meta=meta)
-    family.save_checkpoint(result.model, run_dir / "weights" / "pruned.pt", train_args=_train_args(recipe), meta=meta)
-    return {**_measure(result.model, recipe, run_dir, "pruned"), "speed_up": round(result.speed_up, 4),
-            "steps": result.steps, "message": result.message,
-            "skipped": [{"layer": s.layer, "reason": s.reason} for s in result.skipped]}
+    family.save_checkpoint(result.model, where / "weights" / "pruned.pt", train_args=_train_args(recipe), meta=meta)
+    _require_reloads(result.model, family.save_safe(result.model, where / "weights" / "pruned_safe", meta=meta),
+                     recipe.imgsz)
+    measured = _measure(result.model, recipe, run_dir, stage)
+    speed_up = base_gflops / measured["gflops"] if base_gflops else result.speed_up
+    stage = {**measured, "speed_up": round(speed_up, 4), "steps": result.steps, "message": result.message,
+             "skipped": [{"layer": s.layer, "reason": s.reason} for s in result.skipped],
+             "original_widths": result.original_widths}
+    if latency is not None:  # measured and GFLOPs speed-ups side by side (report.json; report.md's notes)
+        stage.update(speed_up_measured=round(latency.measured, 4), latency_evaluations=latency.evaluations,
+                     note=latency.message)
+    return stage
 
 
-def _finetune(model, run_dir: Path, recipe: Recipe) -> Path:
-    """Finetune weights/pruned.pt at its own widths (continuing an interrupted finetune); return the
-    checkpoint to keep. ``model`` is the baseline (it names the family)."""
-    family = family_of(model)
-    status = family.run_status(run_dir, "finetune", recipe.epochs)
+def _meter(model, recipe: Recipe):
+    """What --target latency times with: the run's model as the reference, at the recipe's batch, size, backend
+    and device."""
+    from rtdetr_prune.bench.meter import LatencyMeter
+
+    return LatencyMeter(model, batch=recipe.latency_batch, imgsz=recipe.imgsz, backend=recipe.backend,
+                        device=torch_device(recipe.device))
+
+
+def _finetune(model, run_dir: Path, recipe: Recipe, epochs: int, where: Path | None = None) -> Path:
+    """Finetune ``where``/weights/pruned.pt (default: the run directory's) at its own widths for ``epochs``, into
+    ``where``/finetune (continuing an interrupted finetune); return the checkpoint to keep. ``model`` is the
+    baseline (it names the family; the teacher when distilling)."""
+    where, family = where or run_dir, family_of(model)
+    status = family.run_status(where, "finetune", epochs)
     if status == "finished":  # killed after training, before the stage was recorded
-        return family.kept_checkpoint(run_dir / "finetune")
-    return family.finetune(run_dir / "weights" / "pruned.pt", recipe.data, recipe.epochs, run_dir, "finetune",
-                           status == "unfinished", **_train_settings(recipe))
+        return family.kept_checkpoint(where / "finetune")
+    return family.finetune(where / "weights" / "pruned.pt", recipe.data, epochs, where, "finetune",
+                           status == "unfinished", distill=_distill(model, recipe, run_dir), **_train_settings(recipe))
 
 
 def _latencies(baseline, run_dir: Path, recipe: Recipe, state: dict) -> dict:
@@ -137,7 +270,8 @@ def _latencies(baseline, run_dir: Path, recipe: Recipe, state: dict) -> dict:
     the ratios between stages hold even when the machine's speed drifts."""
     from rtdetr_prune.bench import bench
 
-    models = {"baseline": baseline, "pruned": load_model(run_dir / "weights" / "pruned.pt")}
+    # the safe copy: checked to reload identical, and loadable whatever the family's checkpoint format
+    models = {"baseline": baseline, "pruned": load_model(run_dir / "weights" / "pruned_safe")}
     if "finetuned" in state:
         models["finetuned"] = load_model(state["finetuned"]["checkpoint"])
     result = bench(models, batch=8, imgsz=recipe.imgsz, device=torch_device(recipe.device))
@@ -153,12 +287,17 @@ def _write_report(run_dir: Path, method: str, recipe: Recipe, state: dict) -> di
         "method": method,
         "speed_up_target": recipe.speed_up,
         "speed_up_achieved": pruned.get("speed_up"),
+        "target": recipe.target,
+        "speed_up_measured": pruned.get("speed_up_measured"),  # --target latency: base time / pruned time
         "steps": pruned.get("steps"),
         "message": pruned.get("message"),
         "skipped": pruned.get("skipped", []),
         "baseline": stage("baseline"),
         "pruned": stage("pruned"),
         "finetuned": stage("finetuned"),
+        "notes": [s["note"] for s in state.values() if isinstance(s, dict) and "note" in s],  # e.g. no sparse training
+        "schedule": recipe.schedule,
+        "rounds": _round_rows(recipe, state),
     }
     write_json(run_dir / "report.json", report)
     if "pruned" in state:
@@ -169,6 +308,23 @@ def _write_report(run_dir: Path, method: str, recipe: Recipe, state: dict) -> di
 _STAGE_KEYS = ("params", "gflops", "size_mb", "map50", "map50_95", "latency_ms")
 
 
+def _round_rows(recipe: Recipe, state: dict) -> list[dict]:
+    """One row per finished round of an iterative schedule (the last round is the run's pruned and finetuned
+    stages): its target, epochs, speed-up and mAP50-95 before and after its finetune. Empty for one-shot."""
+    if recipe.schedule == "oneshot":
+        return []
+    last = {"round": recipe.rounds, "target": recipe.speed_up, "epochs": round_epochs(recipe.epochs, recipe.rounds)[-1],
+            "pruned": state.get("pruned"), "finetuned": state.get("finetuned")}
+    rows = []
+    for r in [*state.get("rounds", []), last]:
+        if r["pruned"] is None:
+            break
+        rows.append({"round": r["round"], "target": r["target"], "epochs": r["epochs"],
+                     "speed_up": r["pruned"]["speed_up"], "pruned_map50_95": r["pruned"].get("map50_95"),
+                     "finetuned_map50_95": (r.get("finetuned") or {}).get("map50_95")})
+    return rows
+
+
 def _require(recipe: Recipe) -> None:
     for key in ("model", "data"):
         if not getattr(recipe, key):
@@ -176,11 +332,71 @@ def _require(recipe: Recipe) -> None:
 
 
 def _require_reachable(model, plan, recipe: Recipe) -> None:
-    reachable = check_model(model, recipe.imgsz, recipe.round_to, recipe.max_layer_ratio, plan)["max_speed_up"]
+    reachable = check_model(model, recipe.imgsz, recipe.round_to, recipe.max_layer_ratio, plan,
+                            recipe.decoder_parts, recipe.decoder_layers)["max_speed_up"]
     if recipe.speed_up > reachable:
         raise UserError(f"--speed-up {recipe.speed_up:g} is out of reach: this model can reach at most {reachable:.2f}x "
                         f"(round_to={recipe.round_to}, max_layer_ratio={recipe.max_layer_ratio}). Ask for less, "
                         "or raise --max-layer-ratio.")
+
+
+def _require_sparse_model(model, recipe: Recipe) -> None:
+    """``--sparse-model`` must be this model sparse-trained: same classes, same layers with the same shapes."""
+    sparse = load_model(recipe.sparse_model)
+    rules.apply_rewrites(sparse)  # as the model was
+    family, given = family_of(model), f"--sparse-model '{recipe.sparse_model}'"
+    fix = "Give a checkpoint sparse-trained from --model, or leave --sparse-model out to sparse-train here."
+    nc, nc_sparse = family.num_classes(model), family_of(sparse).num_classes(sparse)
+    if nc_sparse != nc:
+        raise UserError(f"{given} predicts {nc_sparse} classes, --model {nc}. {fix}")
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in sparse.state_dict().items()}
+    for key in [*ours, *theirs]:
+        if ours.get(key) != theirs.get(key):
+            there, here = ("is missing" if k is None else f"has shape {list(k)}" for k in (theirs.get(key), ours.get(key)))
+            raise UserError(f"{given} is not the architecture of --model '{recipe.model}': '{key}' {there} there "
+                            f"but {here} in --model. {fix}")
+
+
+def _require_reloads(model, path: Path, imgsz: int) -> None:
+    """The saved copy at ``path`` must load back (through its family) and compute what ``model`` computes;
+    if not, it is removed and the run stops with why (else it would fail only when a user loads it)."""
+    why = None
+    try:
+        loaded = load_model(path)
+    except UserError as e:
+        why = f"does not load back ({e})"
+    if why is None:
+        x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+        try:
+            change = _output_change(model, loaded, x.to(next(model.parameters()).device))
+        except Exception as e:  # noqa: BLE001 - a rebuilt model that cannot even run is the finding
+            why = f"does not run ({first_line(e)})"
+        else:
+            why = f"computes other outputs (by up to {change:.1e} of their size)" if change > 1e-5 else None
+    if why:
+        shutil.rmtree(path, ignore_errors=True)
+        raise UserError(f"The pruned model's safe copy '{path}' {why}, so it was removed. The safe format rebuilds "
+                        "layers from their tensors' shapes and standard layers' size attributes; a module of your own "
+                        "that caches a width elsewhere is not rebuilt. weights/pruned.pt holds the pruned model (load "
+                        "it with the same --plugin files).")
+
+
+def _output_change(a, b, x: torch.Tensor) -> float:
+    """Largest difference between the eval outputs of two models on ``x``, relative to the outputs' size."""
+    with torch.no_grad():
+        ya, yb = _tensors(a.eval()(x)), _tensors(b.to(x.device).eval()(x))
+    if [t.shape for t in ya] != [t.shape for t in yb]:
+        return float("inf")
+    return max((float((p - q).abs().max() / p.abs().max().clamp_min(1e-12)) for p, q in zip(ya, yb)), default=0.0)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor in a model's output (nested tuples, lists and dicts), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out.float()]
+    items = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
+    return [t for item in items for t in _tensors(item)]
 
 
 def _train_args(recipe: Recipe) -> dict:

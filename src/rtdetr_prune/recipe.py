@@ -32,6 +32,11 @@ from rtdetr_prune.errors import UserError, first_line, suggest
 
 Check = Callable[[object], "str | None"]  # value -> what is wrong with it (None: fine)
 REG_SCHEDULES = ("constant", "linear", "step")
+SCHEDULES = ("oneshot", "iterative")
+SPARSE_PICKS = ("best", "last", "prunable")
+DECODER_PARTS = ("memory", "value", "ffn", "mlp")  # the decoder widths --decoder-parts can turn on (docs/benchmarks.md)
+TARGETS = ("gflops", "latency")
+BACKENDS = ("torch", "onnxruntime")
 
 
 def _option(default, help: str, check: Check | None = None, choices: tuple[str, ...] | Callable = (),
@@ -53,8 +58,19 @@ def _between(lo: float, hi: float, closed: bool = False, hint: str = "") -> Chec
     return check
 
 
+def _from_to(lo: int, hi: int, hint: str = "") -> Check:
+    """Whole numbers ``lo`` to ``hi``. The upper bounds catch typos (``epochs: 1e9``) before a run starts that
+    would never end or could never allocate; they sit far above any real use."""
+    return lambda v: None if lo <= v <= hi else f"must be from {lo} to {hi} (got {v}){hint}"
+
+
+MAX_IMGSZ = 4096  # AIFI attends over the whole 1/32 map: 16384 tokens at 4096 px, ~9 GB of fp32 attention per image
+
+
 def _imgsz(v) -> str | None:
-    return None if v > 0 and v % 32 == 0 else f"must be a positive multiple of 32 (got {v}); RT-DETR downsamples by 32"
+    if not (v > 0 and v % 32 == 0):
+        return f"must be a positive multiple of 32 (got {v}); RT-DETR downsamples by 32"
+    return None if v <= MAX_IMGSZ else f"must be at most {MAX_IMGSZ} (got {v}); tile larger images"
 
 
 def _speed_up(v) -> str | None:
@@ -63,6 +79,20 @@ def _speed_up(v) -> str | None:
 
 def _not_empty(v) -> str | None:
     return None if v.strip() else "must not be empty"
+
+
+def decoder_parts(v: str) -> tuple[str, ...]:
+    """The parts a --decoder-parts value names ("memory,ffn" -> ("memory", "ffn"); "none" or "" -> ())."""
+    names = [p.strip() for p in v.split(",") if p.strip()]
+    return () if names == ["none"] else tuple(dict.fromkeys(names))
+
+
+def _decoder_parts(v) -> str | None:
+    bad = [p for p in decoder_parts(v) if p not in DECODER_PARTS]
+    if bad:
+        return (f"names an unknown part '{bad[0]}'.{suggest(bad[0], DECODER_PARTS)} Give a comma-separated list of "
+                f"{', '.join(DECODER_PARTS)}, or none")
+    return None
 
 
 def _methods() -> tuple[str, ...]:
@@ -94,14 +124,39 @@ class Recipe:
                             _at_least(1, "; e.g. 16, or 8 for narrow models"))
     max_layer_ratio: float = _option(0.8, "largest share (0-1) of one group's channels pruning may remove; keeps "
                                      "every path alive. Raise it to reach deeper cuts", _between(0, 1))
+    decoder_parts: str = _option("none", "decoder widths to prune besides the backbone and encoder, comma-separated: "
+                                 "memory (the decoder's input width), value (deformable attention's value width, "
+                                 "equal per head), ffn (feed-forward hidden width), mlp (box and position heads' "
+                                 "hidden widths); none keeps the decoder whole. memory and value run over every "
+                                 "anchor (8,400 at 640 px) and hold most of the decoder's GFLOPs; ffn and mlp run "
+                                 "over the queries. Off by default until the accuracy benchmark shows what they cost "
+                                 "(check shows what each would add)", _decoder_parts)
+    decoder_layers: int = _option(0, "keep only the first K decoder layers (as RT-DETR's eval_idx does at inference) "
+                                  "before pruning channels; 0 keeps all", _from_to(0, 100))
+    target: str = _option("gflops", "what --speed-up counts: gflops (base / pruned GFLOPs, planned exactly) or "
+                          "latency (base / pruned time, measured side by side with --backend at --latency-batch "
+                          "and --imgsz on --device)", choices=TARGETS)
+    backend: str = _option("torch", "runtime the latency target and --latency-aware time models in: torch (eager) or "
+                           "onnxruntime", choices=BACKENDS)
+    latency_batch: int = _option(8, "images per timed forward pass for --target latency and --latency-aware (8, "
+                                 "as in the seed's tables)", _from_to(1, 1024))
+    latency_aware: bool = _option(False, "rank channels by importance lost per millisecond saved (a per-layer cost "
+                                  "table timed on this device and backend) instead of per GFLOP")
     tolerance: float = _option(0.03, "how far past the target the last step may land, as a share of the target "
-                               "(0.03: up to 3% past)", _at_least(0))
+                               "(0.03: up to 3% past; at most 1, twice the target)", _between(0, 1, closed=True))
     grad_batches: int = _option(8, "data batches per pruning step for group_taylor and group_hessian; more is "
                                 "steadier and slower", _at_least(1))
     epochs: int = _option(50, "finetune epochs after pruning (0 skips finetuning); RT-DETR needs tens of epochs "
-                          "to recover", _at_least(0))
+                          "to recover", _from_to(0, 10_000))
+    schedule: str = _option("oneshot", "oneshot: prune to the target, then finetune --epochs; iterative: --rounds "
+                            "times prune a step (speed-up target^(i/rounds)) and finetune a share of --epochs "
+                            "(same total). oneshot costs one pruning pass; benchmarks/accuracy.py compares "
+                            "the two", choices=SCHEDULES)
+    rounds: int = _option(3, "iterative schedule only: prune-and-finetune rounds (each finetunes about "
+                          "--epochs / rounds epochs)", _from_to(2, 100))
     sparse_epochs: int = _option(30, "sparse-training epochs before pruning, for slim, group_slim, group_sl and "
-                                 "group_reg (other methods ignore it)", _at_least(0))
+                                 "group_reg (other methods ignore it; 0 prunes the model as given, without sparse "
+                                 "training)", _from_to(0, 10_000))
     reg: float = _option(5e-4, "sparsity penalty strength at the first sparse epoch (the seed's default); usual "
                          "range 1e-5 to 1e-2", _between(0, 1, closed=True))
     delta_reg: float = _option(1e-4, "group_reg only: growth of the penalty of the weakest channels per epoch",
@@ -110,16 +165,28 @@ class Recipe:
                                 "0) or step (halved at 50% and 75%)", choices=REG_SCHEDULES)
     sparse_model: str = _option("", "a sparse-trained checkpoint of this model to prune instead of sparse "
                                 "training again (sparse methods only)", shown="none: sparse-train")
+    sparse_pick: str = _option("best", "which sparse-training epoch to prune: best (highest mAP50-95), last, or "
+                               "prunable (highest mAP50-95 once pruned to the target, measured on a val subset "
+                               "after every epoch; costs a pruning pass per epoch)", choices=SPARSE_PICKS)
+    distill: bool = _option(False, "distill from the unpruned model while finetuning (and sparse training): its "
+                            "decoder-input features and its selected queries' class and box outputs (see docs)")
+    distill_feat: float = _option(1.0, "weight of the feature term (squared error of the decoder's projected "
+                                  "inputs over the teacher's mean square: scale-free)", _between(0, 1000, closed=True))
+    distill_cls: float = _option(1.0, "weight of the class term (KL divergence at the teacher's selected queries)",
+                                 _between(0, 1000, closed=True))
+    distill_box: float = _option(5.0, "weight of the box term (L1 at the teacher's selected queries; 5:1 to the "
+                                 "class term, as in RT-DETR's own loss)", _between(0, 1000, closed=True))
     imgsz: int = _option(640, "image side for training, validation and GFLOPs, pixels (multiple of 32)", _imgsz)
     batch: int = _option(8, "images per batch for training, validation and gradient criteria; lower it if "
-                         "memory runs out", _at_least(1))
+                         "memory runs out", _from_to(1, 1024))
     device: str = _option("", '"" picks the first GPU, else the CPU; "cpu", "0", or "0,1" for multi-GPU (DDP)',
                           shown='"": auto')
     workers: int = _option(2, "data-loading worker processes (0: load in the main process)", _at_least(0))
     project: str = _option("runs/prune", "runs go to PROJECT/NAME; an existing run is never overwritten "
                            "(NAME2, NAME3... instead)", _not_empty)
     name: str = _option("exp", "run name under --project", _not_empty)
-    seed: int = _option(0, "random seed: same seed, data and options give the same pruned channels")
+    seed: int = _option(0, "random seed: same seed, data and options give the same pruned channels",
+                        _from_to(0, 2**31 - 1, "; NumPy's generator, which Ultralytics seeds, takes 32 bits"))
     latency: bool = _option(True, "time batch-8 latency of every stage side by side at the end (seconds on CPU)")
     val: bool = _option(True, "measure mAP of every stage on the data's val split (turn off to save time)")
 
@@ -145,6 +212,9 @@ class Recipe:
         """Raise a UserError naming the first impossible value and how to fix it; return self."""
         validate(self)
         check_device(self.device)
+        if self.target == "latency" and self.schedule != "oneshot":
+            raise UserError("--target latency works with --schedule oneshot (each round of an iterative schedule "
+                            "would need its own timing); use --schedule oneshot, or --target gflops.")
         return self
 
 

@@ -19,6 +19,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterable, Mapping
 
 import torch
@@ -29,10 +30,12 @@ from rtdetr_prune.bench.timing import Timer, interleaved, physical_cores, summar
 from rtdetr_prune.errors import UserError, suggest
 from rtdetr_prune.measure import counts
 from rtdetr_prune.models import family_of, load_model
+from rtdetr_prune.recipe import validate
 from rtdetr_prune.threads import torch_threads
 
 BACKENDS = ("torch", "onnxruntime")
 ATOL = {False: 1e-3, True: 5e-2}  # ONNX-vs-PyTorch tolerance on raw decoder outputs: fp32, fp16
+MAX_ROUNDS = 10_000  # of warm-up or timed rounds: more is a typo, and would run for hours
 
 
 def bench(
@@ -141,10 +144,10 @@ def _md(cells: list[str]) -> str:
 def _check_options(backend, device, half, imgsz, batch, warmup, repeats) -> torch.device:
     if backend not in BACKENDS:
         raise UserError(f"Unknown backend '{backend}'.{suggest(backend, BACKENDS)} Choose one of {', '.join(BACKENDS)}.")
-    if imgsz % 32 or imgsz <= 0:
-        raise UserError(f"--imgsz must be a positive multiple of 32 (got {imgsz}); RT-DETR downsamples by 32.")
-    if batch < 1 or repeats < 1 or warmup < 0:
-        raise UserError(f"Need batch >= 1, repeats >= 1 and warmup >= 0 (got {batch}, {repeats}, {warmup}).")
+    validate(SimpleNamespace(imgsz=imgsz, batch=batch))  # the recipe's checks: a multiple of 32, batch 1-1024
+    if not (1 <= repeats <= MAX_ROUNDS and 0 <= warmup <= MAX_ROUNDS):
+        raise UserError(f"Need repeats from 1 to {MAX_ROUNDS} and warmup from 0 to {MAX_ROUNDS} (got {repeats}, "
+                        f"{warmup}); medians settle within tens of rounds.")
     try:
         dev = torch.device(device)
     except RuntimeError as e:

@@ -185,10 +185,10 @@ def _apart(a: PixelBox, b: PixelBox) -> bool:
 
 def _check_args(images: int, imgsz: int, seed: int, val_fraction: float, names: list[str]) -> int:
     """Validate the arguments of :func:`make_synthetic`; return the number of val images."""
-    if not isinstance(images, int) or images < 2:
-        raise UserError(f"images={images!r}: need an integer of at least 2 (one train and one val image).")
-    if not isinstance(imgsz, int) or imgsz < 32:
-        raise UserError(f"imgsz={imgsz!r}: need an integer of at least 32 pixels.")
+    if not isinstance(images, int) or not 2 <= images <= 1_000_000:
+        raise UserError(f"images={images!r}: need an integer from 2 (one train and one val image) to 1000000.")
+    if not isinstance(imgsz, int) or not 32 <= imgsz <= 4096:
+        raise UserError(f"imgsz={imgsz!r}: need an integer from 32 to 4096 pixels.")
     if not isinstance(seed, int) or seed < 0:
         raise UserError(f"seed={seed!r}: need an integer of 0 or more.")
     if not 0 < val_fraction < 1:

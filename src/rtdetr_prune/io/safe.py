@@ -66,8 +66,13 @@ def write_safe(model: nn.Module, out_dir: str | Path, spec: dict) -> Path:
         raise UserError(f"'{out_dir}' is a file; give a directory to save the safe model into.")
     spec = {"format": FORMAT, **spec, "widths": layer_widths(model), "weights_sha256": ""}
     _require_json(spec)
-    tensors = {k: (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).contiguous()
-               for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():
+        t = (v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()).contiguous()
+        if t.untyped_storage().data_ptr() in seen:  # a tied weight (one tensor, two names: transformers' RT-DETRv2
+            t = t.clone()  # heads): safetensors stores no shared memory, so each name gets a copy; loading ties them
+        seen.add(t.untyped_storage().data_ptr())
+        tensors[k] = t
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SPEC_NAME).unlink(missing_ok=True)  # the pair is incomplete until the new JSON lands
     data = _safetensors().save(tensors, metadata={"format": FORMAT})
@@ -135,7 +140,11 @@ def shrink_to(model: nn.Module, widths: dict[str, dict], tensors: dict[str, torc
     """Resize ``model``'s layers in place to ``widths`` and its tensors to the shapes in ``tensors``.
 
     Tensor values are left uninitialised: load ``tensors`` afterwards. Every sized layer is checked
-    against its tensors' shapes, so files that disagree fail here with the layer's name.
+    against its tensors' shapes, so files that disagree fail here with the layer's name. Tensors of other
+    modules (a user's module with a per-channel parameter of its own, pruned by its rule) take their saved
+    shapes as they are: right for modules whose forward reads widths from their tensors; a module that also
+    caches a width elsewhere is not rebuilt correctly, which is why the pipeline reloads every safe copy it
+    writes and compares its outputs with the model it saved.
     """
     modules = dict(model.named_modules())
     for name, attrs in widths.items():
@@ -145,11 +154,10 @@ def shrink_to(model: nn.Module, widths: dict[str, dict], tensors: dict[str, torc
             saved = tensors.get(f"{name}.{tname}" if name else tname)
             if saved is None or saved.shape == t.shape:
                 continue
-            if not _size_attrs(m):
-                raise UserError(f"Layer '{name}' ({type(m).__name__}) has a pruned shape, but the safe format only "
-                                "rebuilds Conv, BatchNorm, Linear, LayerNorm, Embedding and MultiheadAttention layers. "
-                                "Save this model as a .pt checkpoint instead.")
-            _resize_tensor(m, tname, saved.shape)
+            if saved.dim() != t.dim():
+                raise UserError(f"Layer '{name}': '{tname}' has {saved.dim()} dimensions in the weights but {t.dim()} in "
+                                "the rebuilt model. The files come from different models: re-save both.")
+            _resize_tensor(m, tname, saved.shape)  # a raw parameter of a module of the user's (see below)
         if _size_attrs(m):
             _check_shapes(name, m)
 

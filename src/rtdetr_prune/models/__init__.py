@@ -86,9 +86,11 @@ def load_model(spec: str | Path | nn.Module, nc: int | None = None) -> nn.Module
             return family.load(text, nc)
     if Path(text).exists():
         raise UserError(f"'{text}' is not a model rtdetr-prune can load. Give a zoo name ({', '.join(zoo_names())}), "
-                        "an RT-DETR .yaml, a .pt checkpoint, or a saved model directory.")
+                        "an RT-DETR .yaml, a .pt checkpoint, a saved model directory, or a transformers RT-DETR folder "
+                        "or config.json.")
     raise UserError(f"Unknown model '{text}'.{suggest(text, zoo_names())} Give a zoo name ({', '.join(zoo_names())}), "
-                    "an RT-DETR .yaml, a .pt checkpoint, or a pruned-model directory.")
+                    "an RT-DETR .yaml, a .pt checkpoint, a pruned-model directory, or a transformers RT-DETR folder or "
+                    "config.json.")
 
 
 __all__ = ["Adapter", "ModelFamily", "Protected", "adapter_of", "families", "family_of", "get_family",

@@ -22,9 +22,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from torch import nn
+
+from rtdetr_prune.measure.layers import conv_linear_gflops
+
+if TYPE_CHECKING:
+    from rtdetr_prune.train.distill import DistillOptions
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,59 @@ class Adapter(ABC):
         """Why a traced group (given the modules whose *output* channels it removes) must be kept, or None."""
         return None
 
+    def trial_imgsz(self, imgsz: int) -> int:
+        """Image side (pixels, a multiple of 32) to run the whole model at in the zeroed-channel trial, given the
+        engine's (small) default: larger for a model that cannot run on small images (a decoder that selects more
+        queries than a small image has anchors)."""
+        return imgsz
+
+    def channel_block(self, modules: list[nn.Module]) -> int:
+        """Channels of a traced group (given the modules whose *output* channels it removes) go in aligned
+        blocks of this many: block i is channels [i * n, (i + 1) * n) (e.g. one attention head of n channels
+        in q, k and v). Default 1: any channel may go alone."""
+        return 1
+
+    def channel_heads(self, modules: list[nn.Module]) -> int:
+        """A traced group's channels are viewed as this many equal consecutive heads that must stay equal in
+        width (head h is channels [h * w, (h + 1) * w), w = width / heads), so every unit removes the same
+        number of channels from each head (e.g. deformable attention's values). Default 1."""
+        return 1
+
+    def group_part(self, modules: list[nn.Module]) -> str | None:
+        """The optional part of the model (a name the recipe's ``--decoder-parts`` lists, e.g. "ffn") whose
+        channels a traced group removes (given the modules whose *output* channels it removes); None for the
+        parts always pruned (backbone, encoder)."""
+        return None
+
+    def trial_outputs(self, images):
+        """What the zeroed-channel trial compares before and after removing channels (a list of tensors), in
+        eval mode. Default: :meth:`region`'s outputs; a family whose traced groups reach further (a decoder
+        replayed on stand-in tensors) adds the model's own outputs."""
+        return list(self.region()(images))
+
+    def decoder_layers(self) -> int:
+        """Number of decoder layers (0: the family cannot drop any, see :meth:`keep_decoder_layers`)."""
+        return 0
+
+    def keep_decoder_layers(self, k: int) -> int:
+        """Keep only the first ``k`` decoder layers (in place); return how many were removed.
+
+        Raises:
+            UserError: the family cannot drop decoder layers, or ``k`` is out of range.
+        """
+        from rtdetr_prune.errors import UserError
+
+        raise UserError(f"--decoder-layers: dropping decoder layers is not supported for {type(self.model).__name__} "
+                        "models; leave it at 0.")
+
     def after_prune(self) -> None:
         """Bring cached sizes (attributes some modules keep next to their weights) in line with the weights."""
+
+    def fused_aliases(self) -> dict[str, str]:
+        """Layers the family's fused copy (:meth:`ModelFamily.fused`) builds under new names, each mapped to the
+        layer of this model whose input and output channels it keeps (its cost follows that layer's widths).
+        Default: none (fusing only folds layers away, e.g. a BatchNorm into its conv)."""
+        return {}
 
     def display_name(self, region_name: str) -> str:
         """A module's name in the model as the user sees it, from its name inside :meth:`region`."""
@@ -84,6 +140,7 @@ class ModelFamily(ABC):
 
     name: str = ""  # short name, recorded in saved models ("ultralytics")
     library_packages: tuple[str, ...] = ()  # top-level packages of its library: modules from these are not "custom"
+    sparse_picks: tuple[str, ...] = ("best",)  # the recipe's --sparse-pick values :meth:`sparse_checkpoint` serves
 
     # --- recognizing and loading -------------------------------------------------------------------
     @abstractmethod
@@ -120,6 +177,20 @@ class ModelFamily(ABC):
     def count(self, model: nn.Module, imgsz: int) -> tuple[int, float]:
         """(parameters, GFLOPs for one ``imgsz`` x ``imgsz`` image), counted as the family's papers count."""
 
+    def layer_gflops(self, fused: nn.Module, imgsz: int) -> dict[str, float]:
+        """GFLOPs :meth:`count` charges each layer of ``fused`` (a :meth:`fused` copy) for its own work, by
+        name in ``fused``; layers charged nothing may be left out. The pruning planner scales these with the
+        layers' widths, so they must be what :meth:`count` adds up. Default: 2 x multiply-adds of every conv
+        and linear layer (override it when :meth:`count` charges anything else)."""
+        names = {m: n for n, m in fused.named_modules()}
+        return {names[m]: g for m, g in conv_linear_gflops(fused, imgsz).items()}
+
+    def loss(self, model: nn.Module, batch: dict):
+        """The training loss of ``model`` on an Ultralytics training batch (``img`` (B, 3, H, W) in [0, 1],
+        ``batch_idx``, ``cls``, ``bboxes`` normalized xywh), for gradient-based criteria; summed before backward.
+        Default: Ultralytics' ``model.loss(batch)`` contract."""
+        return model.loss(batch)[0]
+
     @abstractmethod
     def val_map(self, model: nn.Module, data_yaml: str, imgsz: int, batch: int, device: str, workers: int,
                 save_dir: str | Path | None = None) -> tuple[float, float]:
@@ -138,13 +209,22 @@ class ModelFamily(ABC):
     # --- training ----------------------------------------------------------------------------------
     @abstractmethod
     def finetune(self, checkpoint: Path, data: str, epochs: int, project: Path, name: str, resume: bool,
-                 **train) -> Path:
-        """Finetune a saved checkpoint at its own widths; return the checkpoint to keep."""
+                 distill: tuple[Path, DistillOptions] | None = None, **train) -> Path:
+        """Finetune a saved checkpoint at its own widths; return the checkpoint to keep.
+
+        ``distill``: (teacher checkpoint, loss weights) to distil from while training
+        (:mod:`rtdetr_prune.train.distill` has the terms); ``train``: imgsz, batch, device, workers, seed.
+        """
 
     @abstractmethod
     def sparse_train(self, checkpoint: Path, data: str, method: str, epochs: int, project: Path, name: str,
-                     resume: bool, sparse: dict, **train) -> Path:
-        """Train with a pruning method's sparsity penalty; return the checkpoint to prune."""
+                     resume: bool, sparse: dict, distill: tuple[Path, DistillOptions] | None = None,
+                     **train) -> Path:
+        """Train with a pruning method's sparsity penalty; return the checkpoint to prune (``distill`` as above).
+
+        A family with "prunable" in :attr:`sparse_picks` also takes ``probe=`` (a
+        :class:`~rtdetr_prune.models.ultralytics.prunability.PruneProbe`) and ``pick=``.
+        """
 
     @abstractmethod
     def run_status(self, project: Path, name: str, epochs: int) -> str:
@@ -153,6 +233,11 @@ class ModelFamily(ABC):
     @abstractmethod
     def kept_checkpoint(self, train_dir: Path) -> Path:
         """The checkpoint a finished training run in ``train_dir`` keeps."""
+
+    def sparse_checkpoint(self, train_dir: Path, pick: str) -> Path:
+        """The epoch of a finished sparse-training run in ``train_dir`` that ``pick`` (one of :attr:`sparse_picks`)
+        names. Default: the kept checkpoint (the family's "best")."""
+        return self.kept_checkpoint(train_dir)
 
     # --- export ------------------------------------------------------------------------------------
     @abstractmethod

@@ -24,10 +24,13 @@ import torch
 from torch import nn
 
 from rtdetr_prune.measure import counts as metrics
+from rtdetr_prune.models import family_of
 from rtdetr_prune.progress import progress
 from rtdetr_prune.pruning import rules
+from rtdetr_prune.pruning.analysis.parts import restrict
 from rtdetr_prune.pruning.analysis.prunable import Plan, Skip, analyse
 from rtdetr_prune.pruning.graph import TracedGraph, trace
+from rtdetr_prune.pruning.latency_aware import LayerCosts
 from rtdetr_prune.pruning.methods import Method
 from rtdetr_prune.pruning.planner import FlopPlanner
 from rtdetr_prune.pruning.units import Unit, choose_global, choose_local, group_units
@@ -47,6 +50,10 @@ class PruneOptions:
     imgsz: int = default("imgsz")  # GFLOPs are counted at this square image size, pixels
     tolerance: float = default("tolerance")  # stop at most this share past the target
     grad_batches: int = default("grad_batches")  # batches of data for gradient-based criteria, each step
+    seed: int = default("seed")  # step k scores with the random state seed + k: `random` repeats after --resume
+    decoder_parts: str = default("decoder_parts")  # decoder widths pruned besides the encoder ("none": encoder only)
+    decoder_layers: int = default("decoder_layers")  # keep only the first K decoder layers first (0: all)
+    latency_aware: bool = default("latency_aware")  # rank units by importance per measured ms saved (needs `costs`)
 
     def __post_init__(self):
         validate(self)
@@ -68,6 +75,7 @@ class PruneResult:
     skipped: list[Skip]
     message: str  # why the loop stopped, in words
     widths: dict[str, int] = field(default_factory=dict)  # group key -> channels left
+    original_widths: dict[str, int] = field(default_factory=dict)  # group key -> channels before (the limits' base)
 
 
 Batches = Callable[[], Iterable[dict]]
@@ -80,6 +88,8 @@ def prune_to_target(
     batches: Batches | None = None,
     plan: Plan | None = None,
     on_step: Callable[[dict], None] | None = None,
+    original_widths: dict[str, int] | None = None,
+    costs: LayerCosts | None = None,
 ) -> PruneResult:
     """Prune a copy of ``model`` until ``options.speed_up`` is reached (or no step can help).
 
@@ -91,24 +101,38 @@ def prune_to_target(
             in [0, 1], ``batch_idx``, ``cls``, ``bboxes``); required when the method needs gradients.
         plan: a precomputed :func:`~rtdetr_prune.pruning.analysis.prunable.analyse` result (computed when omitted).
         on_step: called with each history row as it is made, baseline first (to log or save progress).
+        original_widths: group key -> width of the model pruning started from, when ``model`` is already
+            pruned (a later round of an iterative schedule): ``max_layer_ratio`` and ``step_ratio`` then count
+            from those widths, not from ``model``'s. Default: ``model``'s own widths.
+        costs: the per-layer time table ``options.latency_aware`` ranks by (measured on ``model``'s device and
+            runtime, :meth:`~rtdetr_prune.pruning.latency_aware.LayerCosts.measure`).
     """
     if method.needs_gradients and batches is None:
         raise ValueError(f"method '{method.name}' scores channels with gradients: pass `batches` of data")
+    if options.latency_aware and costs is None:
+        raise ValueError("latency_aware ranking needs `costs`: a LayerCosts table measured on the device")
     unit = max(1, options.round_to)
     model = copy.deepcopy(model).eval().requires_grad_(True)  # finished Ultralytics checkpoints come frozen
     rules.apply_rewrites(model)  # users' output-preserving rewrites (no-op if none registered)
-    plan = plan or analyse(model, unit)
+    plan = restrict(plan or analyse(model, unit), options.decoder_parts)
     params, base = metrics.params_and_gflops(model, options.imgsz)
-    flops = base
     history = [_row(0, params, base, base)]
     if on_step:
         on_step(history[0])
+    flops = _keep_decoder_layers(model, options, base, history, on_step)
     orig = _widths(trace(model, plan.opaque_types), plan.prunable)
-    speed, message, steps, level = 1.0, "", 0, 0
+    orig = {k: max(w, (original_widths or {}).get(k, w)) for k, w in orig.items()}
+    speed, message, steps, level = base / flops, "", 0, 0
     bar = progress(range(1, options.max_steps + 1), desc=f"prune {method.name} -> {options.speed_up:g}x")
     for step in bar:
+        if speed >= options.speed_up:
+            message = f"reached {speed:.3f}x (target {options.speed_up:g}x) by dropping decoder layers alone"
+            break
         graph = trace(model, plan.opaque_types)
-        units, pool, level = _step_units(graph, plan.prunable, method, options, orig, unit, batches, model, level + 1)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is neither read nor advanced
+            torch.manual_seed(options.seed + step)
+            units, pool, level = _step_units(graph, plan.prunable, method, options, orig, unit, batches, model,
+                                             level + 1, costs if options.latency_aware else None)
         if not units:
             message = (f"stopped at {speed:.3f}x: every prunable group is at its limit "
                        f"(max_layer_ratio={options.max_layer_ratio}, round_to={unit})")
@@ -128,7 +152,19 @@ def prune_to_target(
     else:
         message = f"stopped at max_steps={options.max_steps} at {speed:.3f}x, short of the {options.speed_up:g}x target"
     widths = _widths(trace(model, plan.opaque_types), plan.prunable)
-    return PruneResult(model, speed, steps, history, list(plan.skipped), message, widths)
+    return PruneResult(model, speed, steps, history, list(plan.skipped), message, widths, orig)
+
+
+def _keep_decoder_layers(model, options: PruneOptions, base: float, history: list[dict], on_step) -> float:
+    """Drop decoder layers past ``options.decoder_layers`` (in place); return the GFLOPs after. A drop is recorded
+    as its own history row (step 0, like the baseline: no channels were removed)."""
+    if not options.decoder_layers or not family_of(model).adapter(model).keep_decoder_layers(options.decoder_layers):
+        return base
+    params, flops = metrics.params_and_gflops(model, options.imgsz)
+    history.append(_row(0, params, flops, base))
+    if on_step:
+        on_step(history[-1])
+    return flops
 
 
 def _row(step: int, params: int, flops: float, base: float) -> dict:
@@ -140,8 +176,10 @@ def _widths(graph: TracedGraph, keys: list[str]) -> dict[str, int]:
     return {k: graph.root_width(by_key[k]) for k in keys if k in by_key}
 
 
-def _step_units(graph, keys, method, options, orig, unit, batches, model, level) -> tuple[list[Unit], list[Unit], int]:
-    """This step's units (least important first), every removable unit, and the local shrink level."""
+def _step_units(graph, keys, method, options, orig, unit, batches, model, level,
+                costs: LayerCosts | None = None) -> tuple[list[Unit], list[Unit], int]:
+    """This step's units (least important first), every removable unit, and the local shrink level. With ``costs``,
+    units are ranked across groups by importance per millisecond saved (latency-aware)."""
     importance = method.importance()
     if method.needs_gradients:
         _accumulate_gradients(model, importance, batches, options.grad_batches)
@@ -154,11 +192,17 @@ def _step_units(graph, keys, method, options, orig, unit, batches, model, level)
         if scores is None:
             continue
         width = graph.root_width(group)
-        units = group_units(key, scores, width, orig[key], unit, options.max_layer_ratio)
+        out = graph.out_modules(group)
+        block = graph.adapter.channel_block(out)  # e.g. whole attention heads
+        units = group_units(key, scores, width, orig[key], unit, options.max_layer_ratio, block,
+                            graph.adapter.channel_heads(out))  # e.g. as many from every deformable-attention head
         if units:
             candidates.append((width, units))
     model.zero_grad(set_to_none=True)
-    if options.global_pruning:
+    if costs is not None:
+        timing = FlopPlanner(graph, model, options.imgsz, 0.0, layer_cost=costs.at(model))  # predicts ms
+        chosen = choose_global([u for _, u in candidates], options.step_ratio, timing.unit_cost)
+    elif options.global_pruning:
         chosen = choose_global([u for _, u in candidates], options.step_ratio)
     else:
         chosen, level = choose_local(candidates, orig, options.step_ratio, level)
@@ -257,7 +301,7 @@ def _accumulate_gradients(model: nn.Module, importance, batches: Batches, n: int
         if per_batch:
             model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            loss = model.loss(batch)[0]
+            loss = family_of(model).loss(model, batch)
             loss.sum().backward()
         if per_batch:
             importance.accumulate_grad(model)

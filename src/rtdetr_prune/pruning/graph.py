@@ -12,6 +12,7 @@ is then skipped (see :mod:`rtdetr_prune.pruning.analysis.prunable`).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -102,26 +103,37 @@ def trace(model: nn.Module, opaque_types: tuple[type, ...] = (), imgsz: int = TR
     region = adapter.region()
     example = torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device)
     customized = rules.customized_pruners()  # users' rules for their own module types
-    if opaque_types:
-        pruner = OpaquePruner(_probe_channels(region, example, opaque_types))
-        customized.update({t: pruner for t in opaque_types})
-    was_training = model.training
     # TP follows autograd: frozen parameters (Ultralytics saves finished checkpoints frozen) would leave
     # no graph to trace, and every group would silently vanish. Trace with gradients on, then restore.
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    try:
-        for p in frozen:
-            p.requires_grad_(True)
-        DG = tp.DependencyGraph().build_dependency(  # a tuple: TP calls model(*example_inputs) first
-            region, example_inputs=(example,), customized_pruners=customized, verbose=False
-        )
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
-        model.train(was_training)
+    with kept_modes(model):  # the probe and Torch-Pruning run the region in eval mode
+        if opaque_types:
+            pruner = OpaquePruner(_probe_channels(region, example, opaque_types))
+            customized.update({t: pruner for t in opaque_types})
+        try:
+            for p in frozen:
+                p.requires_grad_(True)
+            DG = tp.DependencyGraph().build_dependency(  # a tuple: TP calls model(*example_inputs) first
+                region, example_inputs=(example,), customized_pruners=customized, verbose=False
+            )
+        finally:
+            for p in frozen:
+                p.requires_grad_(False)
     names = {m: adapter.display_name(n) for n, m in region.named_modules()}
     names.update({p: adapter.display_name(n) for n, p in region.named_parameters()})
     return TracedGraph(DG, adapter, names)
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module):
+    """Within the block, run ``model`` in any mode; after it, every submodule is back in its own mode
+    (train or eval, as the caller left each one)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _probe_channels(region: nn.Module, example: torch.Tensor, types: tuple[type, ...]):

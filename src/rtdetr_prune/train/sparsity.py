@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from rtdetr_prune.pruning.methods import METHODS, Method, get_method
 from rtdetr_prune.recipe import default, validate
 
 SPARSE_THRESHOLD = 1e-2  # a BatchNorm scale |gamma| below this counts as sparse (in the log and plot only)
+GROWTH_FILE = "group_reg.pt"  # group_reg's grown penalties after each epoch, in the training run's folder
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,35 @@ def add_penalty(pruner, model: nn.Module, scale: float) -> None:
     pruner.regularize(model)
     for p, g in zip(params, loss_grads):
         p.grad = g.add_(p.grad, alpha=scale)
+
+
+def save_growth(pruner, region: nn.Module, path: Path, epoch: int) -> None:
+    """Record growing regularization's per-channel penalties after ``epoch`` (1-based) epochs into ``path``
+    (``{epoch: {group root name: penalties (channels,)}}``, earlier epochs kept), atomically."""
+    names = {m: n for n, m in region.named_modules()}
+    log = _read_growth(path)
+    log[epoch] = {names[g[0].dep.target.module]: r.detach().float().cpu() for g, r in pruner.group_reg.items()}
+    with atomic_path(path) as tmp:
+        torch.save({e: log[e] for e in sorted(log) if e <= epoch}, tmp)
+
+
+def restore_growth(pruner, region: nn.Module, path: Path, epoch: int) -> None:
+    """Set the pruner's grown penalties to those recorded after ``epoch`` epochs (a resumed run); without a
+    record (a run from before they were kept), they restart from ``reg``, with a warning."""
+    state = _read_growth(path).get(epoch)
+    if state is None:
+        logging.getLogger("rtdetr_prune").warning("'%s' has no group_reg penalties after epoch %d: their growth "
+                                                  "restarts from reg", path, epoch)
+        return
+    names = {m: n for n, m in region.named_modules()}
+    for group, reg in pruner.group_reg.items():
+        saved = state.get(names[group[0].dep.target.module])
+        if saved is not None and saved.shape == reg.shape:
+            pruner.group_reg[group] = saved.to(reg.device, reg.dtype)
+
+
+def _read_growth(path: Path) -> dict[int, dict[str, torch.Tensor]]:
+    return torch.load(path, map_location="cpu", weights_only=True) if Path(path).is_file() else {}
 
 
 def bn_scales(model: nn.Module, names: list[str]) -> torch.Tensor:

@@ -51,11 +51,13 @@ def convert_dataset(
 ) -> Path:
     """Convert a detection dataset to YOLO format under ``dst`` and return its data YAML path.
 
-    The source is only read. ``dst`` gets ``images/<split>/`` (hard links to the source images, or
-    copies across file systems), ``labels/<split>/*.txt`` (``cls cx cy w h`` per line, normalized to
-    0..1; empty for images without boxes, which are kept as negatives), ``data.yaml`` and
-    ``conversion.json`` (counts of images, boxes, and dropped boxes by reason). Boxes are clipped to
-    the image; boxes fully outside it or thinner than ``min_size`` after clipping are dropped.
+    The source is only read, and only inside: an annotation entry that leads outside ``src`` is
+    refused (see :mod:`rtdetr_prune.data.convert.common`). ``dst`` gets ``images/<split>/`` (hard
+    links to source images that have no other name, else copies), ``labels/<split>/*.txt``
+    (``cls cx cy w h`` per line, normalized to 0..1; empty for images without boxes, which are kept
+    as negatives), ``data.yaml`` and ``conversion.json`` (counts of images, boxes, dropped boxes and
+    skipped images by reason). Boxes are clipped to the image; boxes fully outside it or thinner
+    than ``min_size`` after clipping are dropped.
 
     Args:
         fmt: source format, one of :func:`convert_formats`: ``visdrone``, ``crowdhuman``, ``voc``, ``coco``.
@@ -63,7 +65,8 @@ def convert_dataset(
         dst: output folder; must be empty or missing unless ``overwrite``.
         overwrite: replace an earlier conversion in ``dst`` (its images/, labels/ and files).
         link: hard-link images instead of copying them when possible (saves disk; the linked files are
-            the source files, so do not edit images in ``dst`` in place).
+            the source files, so do not edit images in ``dst`` in place). A source image that already
+            has another name (link count above 1) is always copied.
         min_size: smallest box side kept after clipping, in pixels.
         val_fraction: share of train images moved to val when the source has no val split.
         verbose: print a short summary when done.
@@ -74,7 +77,8 @@ def convert_dataset(
         ``dst/data.yaml``.
 
     Raises:
-        UserError: unknown format or option, missing source files, or an unusable ``dst``.
+        UserError: unknown format or option, missing source files, an annotation entry that leads
+            outside ``src`` (``..``, an absolute path, a symlink), or an unusable ``dst``.
 
     Example:
         >>> yaml_path = convert_dataset("crowdhuman", "CrowdHuman", "crowdhuman-yolo", box="vbox", heads=True)

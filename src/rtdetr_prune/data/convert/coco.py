@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from rtdetr_prune.data.convert.common import ConvertStats, Sample, image_size
+from rtdetr_prune.data.convert.common import ConvertStats, Sample, check_image, inside_source
 from rtdetr_prune.errors import UserError
 
 
@@ -16,7 +16,8 @@ def read_coco(src: Path, stats: ConvertStats) -> tuple[list[str], list[Sample]]:
     Category ids (COCO's run 1..90 with gaps) become 0..N-1 in id order; names come from
     ``categories``. Crowd annotations (``iscrowd: 1``) are dropped. An image's ``file_name`` is looked
     up in ``src/<json tag>/`` (``train2017/``), ``src/images/<json tag>/``, ``src/images/<split>/``,
-    ``src/images/``, ``src/<split>/`` and ``src/``, first match wins.
+    ``src/images/``, ``src/<split>/`` and ``src/``, first match wins; a ``file_name`` that leads outside
+    ``src`` (``..``, an absolute path, a symlink) stops the conversion with an error naming it.
 
     Args:
         src: the COCO root, holding ``annotations/instances_train*.json`` (and usually
@@ -34,7 +35,7 @@ def read_coco(src: Path, stats: ConvertStats) -> tuple[list[str], list[Sample]]:
     samples = []
     for split, data in datasets.items():
         folders = _image_folders(src, split, files[split].stem.removeprefix("instances_"))
-        samples += _samples(data, split, folders, index, stats)
+        samples += _samples(data, split, src.resolve(), folders, index, stats, where=files[split].name)
     return names, samples
 
 
@@ -90,7 +91,9 @@ def _image_folders(src: Path, split: str, tag: str) -> list[Path]:
     return [src / tag, src / "images" / tag, src / "images" / split, src / "images", src / split, src]
 
 
-def _samples(data: dict, split: str, folders: list[Path], index: dict[int, int], stats: ConvertStats) -> list[Sample]:
+def _samples(data: dict, split: str, root: Path, folders: list[Path], index: dict[int, int], stats: ConvertStats,
+             where: str) -> list[Sample]:
+    """One sample per listed image found; ``root`` is the resolved source, which every image must lie in."""
     by_image = defaultdict(list)
     image_ids = {img.get("id") for img in data["images"]}
     for ann in data.get("annotations") or []:
@@ -100,23 +103,29 @@ def _samples(data: dict, split: str, folders: list[Path], index: dict[int, int],
             by_image[ann["image_id"]].append(ann)
     samples = []
     for img in sorted(data["images"], key=lambda im: str(im.get("file_name"))):
-        path = _find_image(folders, img.get("file_name"))
+        entry = f"{where}: file_name {img.get('file_name')!r}"
+        path = _find_image(root, folders, img.get("file_name"), entry)
         if path is None:
             stats.skip("missing_image")
             continue
-        size = _listed_size(img) or image_size(path)
-        if size is None:
-            stats.skip("unreadable_image")
+        header = check_image(root, path, entry, stats)  # counted when not an image
+        if header is None:
             continue
+        size = _listed_size(img) or header
         boxes = [b for b in (_box(a, index, stats) for a in by_image[img["id"]]) if b is not None]
         samples.append(Sample(split, path, size[0], size[1], boxes))
     return samples
 
 
-def _find_image(folders: list[Path], name) -> Path | None:
+def _find_image(root: Path, folders: list[Path], name, entry: str) -> Path | None:
+    """The first folder's ``name`` that is a file; a UserError when that file lies outside ``root``."""
     if not isinstance(name, str) or not name:
         return None
-    return next((f / name for f in folders if (f / name).is_file()), None)
+    for folder in folders:
+        if (folder / name).is_file():
+            inside_source(root, folder / name, entry)
+            return folder / name
+    return None
 
 
 def _listed_size(img: dict) -> tuple[int, int] | None:

@@ -3,6 +3,22 @@
 A format reader turns its source files into :class:`Sample` records (pixel boxes, already stripped of
 ignore regions) and counts what it dropped in a :class:`ConvertStats`. :func:`write_yolo` then clips
 the boxes, writes the label files, links the images and writes the data YAML.
+
+Paths named by annotation files are untrusted (COCO ``file_name``, VOC ``<filename>`` and ImageSets
+ids, CrowdHuman ids, and VisDrone names, which come from the folder listing but may be symlinks). The
+convention for every format:
+
+- A path that resolves (symlinks followed) outside the source folder is **refused**: the conversion
+  stops with a one-line :class:`~rtdetr_prune.errors.UserError` naming the entry, before anything is
+  written (:func:`inside_source`). It is never skipped silently: such an entry means a broken or
+  hostile annotation file, and a dataset missing some of its images would train and score without a
+  word.
+- A file that is not an image is **skipped and counted** in ``conversion.json`` under
+  ``skipped_images``, as unreadable images always were: ``not_an_image`` when its suffix is not an
+  image suffix (:data:`IMAGE_SUFFIXES`), ``unreadable_image`` when Pillow cannot open and verify it
+  (a text file named ``.jpg``, a truncated PNG) (:func:`check_image`).
+- Images are hard-linked into the output only when the file resolves inside the source and has no
+  other name (link count 1); otherwise they are copied (:func:`_link_or_copy`).
 """
 
 from __future__ import annotations
@@ -26,6 +42,9 @@ Box = tuple[int, float, float, float, float]
 
 # Split names we write, in the order they appear in the data YAML.
 SPLITS = ("train", "val", "test")
+
+# Image file suffixes (lower case) we write: ones both Pillow and Ultralytics' loader read.
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
 
 @dataclass
@@ -135,12 +154,59 @@ def yolo_line(box: Box, width: int, height: int) -> str:
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """Width and height in pixels from the image header (the pixels are not decoded); None if unreadable."""
+    """Width and height in pixels of a file Pillow opens and verifies as an image; None if it is not one.
+
+    The file must open as an image (a text file named ``.jpg`` does not), and ``verify`` must pass
+    without decoding the pixels: for PNG it checks every chunk, so a truncated PNG is caught here; for
+    JPEG it reads only the header (Ultralytics repairs a JPEG without its end marker, into a new file).
+    """
     try:
         with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError, ValueError):
+            size = im.size
+            im.verify()
+            return size
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # Pillow reports some corrupt files as SyntaxError
+
+
+def inside_source(root: Path, path: Path, entry: str) -> Path:
+    """``path`` with symlinks resolved; a UserError naming ``entry`` when that leaves the source folder.
+
+    Args:
+        root: the source folder, already resolved (``src.resolve()``).
+        path: a path built from an annotation entry; it need not exist.
+        entry: where the path came from, for the message, e.g. ``"instances_train.json file_name '../x.jpg'"``.
+
+    Raises:
+        UserError: ``path`` resolves outside ``root`` (a ``..`` that climbs out, an absolute path, or a
+            symlink that leads out).
+    """
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte in the name
+        raise UserError(f"{entry} is not a usable path ({e}); fix the entry in the annotation file.") from e
+    if real != root and root not in real.parents:
+        raise UserError(
+            f"{entry} leads to {real}, outside the source folder {root}; annotation paths must stay inside the "
+            "source (a symlink that leads out counts as outside): fix the entry, or copy the file into the source."
+        )
+    return real
+
+
+def check_image(root: Path, path: Path, entry: str, stats: ConvertStats) -> tuple[int, int] | None:
+    """Width and height of the image at ``path``, refused outside the source (see :func:`inside_source`).
+
+    Returns None, counted in ``stats`` under ``not_an_image`` (suffix) or ``unreadable_image``
+    (Pillow cannot open and verify it), when ``path`` is not an image.
+    """
+    real = inside_source(root, path, entry)
+    if Path(path).suffix.lower() not in IMAGE_SUFFIXES:  # the output keeps this name: Ultralytics must see an image
+        stats.skip("not_an_image")
         return None
+    size = image_size(real)
+    if size is None:
+        stats.skip("unreadable_image")
+    return size
 
 
 def ensure_val(samples: list[Sample], val_fraction: float) -> list[Sample]:
@@ -210,7 +276,7 @@ def write_yolo(
         names: class names, index = YOLO class id.
         dst: prepared output folder (see :func:`prepare_dst`).
         stats: counts to update; saved with ``meta`` as ``dst/conversion.json``.
-        link: hard-link images when possible (same file system), else copy them.
+        link: hard-link images when that is safe and possible (see :func:`_link_or_copy`), else copy them.
         min_size: smallest kept box side in pixels after clipping.
         meta: what was converted and how (format, source, options), for the record.
     """
@@ -246,10 +312,18 @@ def _unique_name(name: str, used: set[str]) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path, link: bool) -> None:
-    if link:
+    """Hard-link ``src`` (its real file, symlinks resolved) to ``dst``, or copy it.
+
+    A hard link is a second name for the same file, so writing into it writes into the source. We link
+    only a file that the readers found inside the source (:func:`inside_source`) and that has no other
+    name (link count 1): a file with more names may share its data with something outside the source
+    (linked there earlier), and a link would let writes in the output reach it. Those are copied.
+    """
+    real = src.resolve()
+    if link and real.stat().st_nlink == 1:
         try:
-            os.link(src, dst)
+            os.link(real, dst)
             return
         except OSError:
             pass  # another file system, or links not supported: a copy is the same data
-    shutil.copyfile(src, dst)
+    shutil.copyfile(real, dst)

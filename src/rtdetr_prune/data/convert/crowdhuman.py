@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rtdetr_prune.data.convert.common import Box, ConvertStats, Sample, image_size
+from rtdetr_prune.data.convert.common import Box, ConvertStats, Sample, check_image
 from rtdetr_prune.errors import UserError, suggest
 
 BOX_KINDS = ("fbox", "vbox")  # full body (may extend past the image) or visible part
@@ -28,6 +28,8 @@ def read_crowdhuman(
         Class names (``person``, and ``head`` with ``heads``) and one sample per record with an image.
         Boxes tagged ``mask`` (crowds, reflections: CrowdHuman's ignore regions) or with
         ``extra.ignore == 1`` are dropped; a head is also dropped when ``head_attr.ignore == 1``.
+        An ``ID`` whose image lies outside ``src`` (``..``, an absolute path, a symlink) stops the
+        conversion with an error naming it.
     """
     if box not in BOX_KINDS:
         raise UserError(f"box={box!r} is not a CrowdHuman person box; use one of {BOX_KINDS}.{suggest(box, BOX_KINDS)}")
@@ -40,7 +42,8 @@ def read_crowdhuman(
     samples = []
     for split, path in files.items():
         for line_no, record in _records(path):
-            sample = _sample(record, split, image_dir, box, heads, stats, where=f"{path}:{line_no}")
+            where = f"{path}:{line_no}"
+            sample = _sample(record, split, src.resolve(), image_dir, box, heads, stats, where=where)
             if sample is not None:
                 samples.append(sample)
     return ["person", "head"] if heads else ["person"], samples
@@ -57,16 +60,17 @@ def _records(path: Path):
                     raise UserError(f"{path}:{line_no} is not a JSON record ({e.msg}); re-download the file.") from e
 
 
-def _sample(record: dict, split: str, image_dir: Path, box: str, heads: bool, stats: ConvertStats, where: str):
+def _sample(record: dict, split: str, root: Path, image_dir: Path, box: str, heads: bool, stats: ConvertStats,
+            where: str):
+    """The sample of one .odgt record; ``root`` is the resolved source, which its image must lie in."""
     if not isinstance(record, dict) or "ID" not in record:
         raise UserError(f"{where} has no 'ID'; is this a CrowdHuman .odgt file?")
     image = image_dir / f"{record['ID']}.jpg"
     if not image.is_file():
         stats.skip("missing_image")
         return None
-    size = image_size(image)
+    size = check_image(root, image, f"{where}: ID {record['ID']!r}", stats)  # counted when not an image
     if size is None:
-        stats.skip("unreadable_image")
         return None
     boxes = []
     for entry in record.get("gtboxes") or []:

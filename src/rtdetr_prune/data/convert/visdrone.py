@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rtdetr_prune.data.convert.common import Box, ConvertStats, Sample, image_size
+from rtdetr_prune.data.convert.common import IMAGE_SUFFIXES, Box, ConvertStats, Sample, check_image, inside_source
 from rtdetr_prune.errors import UserError
 
 # VisDrone categories 1..10 become YOLO ids 0..9; 0 (ignored regions) and 11 (others) are dropped.
 NAMES = ["pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle", "bus", "motor"]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 # Folder name ending -> our split. VisDrone2019-DET-test-challenge has no annotations, so it is not listed.
 FOLDER_SPLITS = {"test-dev": "test", "train": "train", "val": "val"}
@@ -25,11 +24,13 @@ def read_visdrone(src: Path, stats: ConvertStats) -> tuple[list[str], list[Sampl
         stats: where dropped boxes and skipped images are counted.
 
     Returns:
-        The 10 class names and one sample per image that has an annotation file.
+        The 10 class names and one sample per image that has an annotation file. An image or
+        annotation file that is a symlink leading outside ``src`` stops the conversion with an error
+        naming it.
     """
     samples = []
     for split, folder in _split_folders(src):
-        samples += _read_folder(folder, split, stats)
+        samples += _read_folder(src.resolve(), folder, split, stats)
     return list(NAMES), samples
 
 
@@ -55,7 +56,8 @@ def _has_parts(folder: Path) -> bool:
     return (folder / "images").is_dir() and ann.is_dir() and next(ann.glob("*.txt"), None) is not None
 
 
-def _read_folder(folder: Path, split: str, stats: ConvertStats) -> list[Sample]:
+def _read_folder(root: Path, folder: Path, split: str, stats: ConvertStats) -> list[Sample]:
+    """The samples of one split folder; ``root`` is the resolved source, which every file read must lie in."""
     images = sorted(p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     stems = {p.stem for p in images}
     stats.skip("annotation_without_image", sum(p.stem not in stems for p in (folder / "annotations").glob("*.txt")))
@@ -64,9 +66,10 @@ def _read_folder(folder: Path, split: str, stats: ConvertStats) -> list[Sample]:
         ann = folder / "annotations" / f"{image.stem}.txt"
         if not ann.is_file():
             stats.skip("no_annotation_file")  # unlabeled is not the same as empty: not a safe negative
-        elif (size := image_size(image)) is None:
-            stats.skip("unreadable_image")
-        else:
+            continue
+        inside_source(root, ann, f"{folder.name}/annotations/{ann.name}")
+        size = check_image(root, image, f"{folder.name}/images/{image.name}", stats)  # counted when not an image
+        if size is not None:
             boxes = [b for b in (_parse_line(line, stats) for line in ann.read_text().splitlines()) if b is not None]
             samples.append(Sample(split, image, size[0], size[1], boxes))
     return samples

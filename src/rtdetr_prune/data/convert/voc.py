@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtdetr_prune.data.convert.common import ConvertStats, Sample, image_size
+from rtdetr_prune.data.convert.common import ConvertStats, Sample, check_image, inside_source
 from rtdetr_prune.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPG", ".JPEG", ".PNG")
@@ -26,7 +26,9 @@ def read_voc(
 
     Splits come from ``ImageSets/Main``: train from ``train.txt`` (else ``trainval.txt``), val from
     ``val.txt`` (else ``test.txt``), test from ``test.txt`` when ``val.txt`` exists. Without those
-    files every annotation is read and a val split is made by file name.
+    files every annotation is read and a val split is made by file name. An id or ``<filename>``
+    that leads outside ``src`` (``..``, an absolute path, a symlink) stops the conversion with an
+    error naming it.
 
     Args:
         src: the folder holding ``Annotations/`` and ``JPEGImages/`` (e.g. ``VOCdevkit/VOC2007``).
@@ -49,7 +51,7 @@ def read_voc(
         raise UserError(f"names={names!r}: give a non-empty list of distinct class-name strings, e.g. names=['ship'].")
     parsed = []
     for stem, split in _splits(src).items():
-        record = _parse_xml(src, stem, stats)
+        record = _parse_xml(src.resolve(), src, stem, stats)
         if record is not None:
             parsed.append((split, *record))
     if names is None:
@@ -90,31 +92,40 @@ def _read_list(path: Path) -> list[str] | None:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
-def _parse_xml(src: Path, stem: str, stats: ConvertStats):
-    """(image path, (width, height), objects) for one annotation file; None (counted) when unusable."""
+def _parse_xml(root: Path, src: Path, stem: str, stats: ConvertStats):
+    """(image path, (width, height), objects) for one annotation file; None (counted) when unusable.
+
+    ``root`` is the resolved source: the annotation and its image must lie inside it.
+    """
     xml = src / "Annotations" / f"{stem}.xml"
     if not xml.is_file():
         stats.skip("missing_annotation")
         return None
+    inside_source(root, xml, f"ImageSets id {stem!r} (Annotations/{stem}.xml)")
     try:
-        root = ET.parse(xml).getroot()
+        ann = ET.parse(xml).getroot()
     except ET.ParseError:
         stats.skip("corrupt_annotation")
         return None
-    image = _find_image(src / "JPEGImages", stem, (root.findtext("filename") or "").strip())
+    image = _find_image(root, src / "JPEGImages", stem, (ann.findtext("filename") or "").strip())
     if image is None:
         stats.skip("missing_image")
         return None
-    size = _xml_size(root) or image_size(image)
-    if size is None:
-        stats.skip("unreadable_image")
+    header = check_image(root, image, f"The image of Annotations/{stem}.xml", stats)  # counted when not an image
+    if header is None:
         return None
-    return image, size, [_parse_object(obj) for obj in root.iter("object")]
+    return image, _xml_size(ann) or header, [_parse_object(obj) for obj in ann.iter("object")]
 
 
-def _find_image(folder: Path, stem: str, filename: str) -> Path | None:
-    candidates = ([folder / filename] if filename else []) + [folder / f"{stem}{s}" for s in IMAGE_SUFFIXES]
-    return next((p for p in candidates if p.is_file()), None)
+def _find_image(root: Path, folder: Path, stem: str, filename: str) -> Path | None:
+    """``<filename>`` in ``folder``, else ``<stem>.<image suffix>``; a UserError when the file lies outside ``root``."""
+    named = [(folder / filename, f"Annotations/{stem}.xml <filename> {filename!r}")] if filename else []
+    by_id = [(folder / f"{stem}{s}", f"ImageSets id {stem!r} (JPEGImages/{stem}{s})") for s in IMAGE_SUFFIXES]
+    for path, entry in named + by_id:
+        if path.is_file():  # a name that leads nowhere is passed over (some tools write their own absolute paths)
+            inside_source(root, path, entry)
+            return path
+    return None
 
 
 def _xml_size(root: ET.Element) -> tuple[int, int] | None:

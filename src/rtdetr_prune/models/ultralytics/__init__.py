@@ -39,6 +39,7 @@ class UltralyticsFamily(ModelFamily):
 
     name = NAME
     library_packages = ("ultralytics",)
+    sparse_picks = ("best", "last", "prunable")
 
     def recognizes(self, spec: str) -> bool:
         path = Path(spec)
@@ -90,6 +91,26 @@ class UltralyticsFamily(ModelFamily):
                                "Check that the model runs on a zero image of that size.")
         return sum(p.numel() for p in fused.parameters()), float(value)
 
+    def layer_gflops(self, fused: nn.Module, imgsz: int) -> dict[str, float]:
+        """What Ultralytics' counter (THOP) charges each layer for its own work: its per-layer record of one
+        full-size image (the total it extrapolates from small images is the sum of these)."""
+        import thop
+        import torch
+
+        image = torch.zeros(1, 3, imgsz, imgsz, device=next(fused.parameters()).device)
+        tree = thop.profile(fused, inputs=(image,), verbose=False, ret_layer_info=True)[2]
+        found: dict[str, float] = {}
+
+        def walk(children: dict, prefix: str) -> None:  # a node's ops include its children's
+            for name, (ops, _, grand) in children.items():
+                own = ops - sum(g[0] for g in grand.values())
+                if own:
+                    found[prefix + name] = 2.0 * own / 1e9
+                walk(grand, f"{prefix}{name}.")
+
+        walk(tree, "")
+        return found
+
     def val_map(self, model, data_yaml, imgsz, batch, device, workers, save_dir=None) -> tuple[float, float]:
         return val_map(model, data_yaml, imgsz, batch, device, workers, save_dir)
 
@@ -99,17 +120,20 @@ class UltralyticsFamily(ModelFamily):
     def save_checkpoint(self, model: nn.Module, path, train_args: dict | None = None, meta: dict | None = None) -> Path:
         return save_checkpoint(model, path, train_args, meta)
 
-    def finetune(self, checkpoint, data, epochs, project, name, resume, **train) -> Path:
+    def finetune(self, checkpoint, data, epochs, project, name, resume, distill=None, **train) -> Path:
         from rtdetr_prune.models.ultralytics.trainer import finetune
 
-        trainer = finetune(checkpoint, data, epochs, project=project, name=name, resume=resume, exist_ok=True, **train)
+        trainer = finetune(checkpoint, data, epochs, project=project, name=name, resume=resume, exist_ok=True,
+                           distill=_distiller(distill), **train)
         return trainer.best if trainer.best.is_file() else trainer.last
 
-    def sparse_train(self, checkpoint, data, method, epochs, project, name, resume, sparse: dict, **train) -> Path:
+    def sparse_train(self, checkpoint, data, method, epochs, project, name, resume, sparse: dict, distill=None,
+                     pick: str = "best", probe=None, **train) -> Path:
         from rtdetr_prune.models.ultralytics.sparse_trainer import sparse_train
 
         return sparse_train(checkpoint, data, method, epochs, project=project, name=name, resume=resume,
-                            exist_ok=True, **sparse, **train)
+                            exist_ok=True, distill=_distiller(distill), pick=pick, probe=_probe(probe), **sparse,
+                            **train)
 
     def run_status(self, project: Path, name: str, epochs: int) -> str:
         from rtdetr_prune.models.ultralytics.trainer import run_status
@@ -120,11 +144,34 @@ class UltralyticsFamily(ModelFamily):
         best = Path(train_dir) / "weights" / "best.pt"
         return best if best.is_file() else Path(train_dir) / "weights" / "last.pt"
 
+    def sparse_checkpoint(self, train_dir: Path, pick: str) -> Path:
+        from rtdetr_prune.models.ultralytics.sparse_trainer import picked
+
+        return picked(train_dir, pick)
+
     def export_module(self, fused: nn.Module) -> nn.Module:
         from rtdetr_prune.models.ultralytics.export import RawOutputs
 
         return RawOutputs(fused)
 
+
+
+def _distiller(distill):
+    """A :class:`~rtdetr_prune.models.ultralytics.distiller.Distiller` from (teacher path, options), or None."""
+    if distill is None:
+        return None
+    from rtdetr_prune.models.ultralytics.distiller import Distiller
+
+    return Distiller(*distill)
+
+
+def _probe(probe: dict | None):
+    """A :class:`~rtdetr_prune.models.ultralytics.prunability.PruneProbe` from (method, options, plan), or None."""
+    if probe is None:
+        return None
+    from rtdetr_prune.models.ultralytics.prunability import PruneProbe
+
+    return PruneProbe(probe["method"], probe["options"], probe.get("plan"))
 
 
 FAMILY = models.register(UltralyticsFamily())

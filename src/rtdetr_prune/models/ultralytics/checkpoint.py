@@ -57,7 +57,12 @@ def load_pt(path: Path) -> nn.Module:
         model, _ = load_checkpoint(str(path.resolve()), inplace=False)
     except (TypeError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, ModuleNotFoundError) as e:
         raise UserError(f"Checkpoint '{path}' could not be loaded: {_load_failure(e)}") from e
-    return require_rtdetr(model.float().eval(), str(path))
+    model = require_rtdetr(model.float().eval(), str(path))
+    # Ultralytics saves training checkpoints at half precision, the decoder's cached anchors included (as a
+    # plain attribute, they come back rounded): forget them, so the next forward recomputes them in float32,
+    # as training did and as a model rebuilt from the safe format does.
+    model.model[-1].shapes = []
+    return model
 
 
 def _load_failure(e: BaseException) -> str:

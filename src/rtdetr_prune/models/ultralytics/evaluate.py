@@ -18,15 +18,19 @@ def val_map(model: nn.Module, data_yaml: str, imgsz: int = 640, batch: int = 8, 
 
     The model is copied first (Ultralytics fuses the model it validates, in place). Validation runs on
     the process's thread count, which it keeps (Ultralytics' CPU device selection would leave one).
+    Nothing is written outside ``save_dir`` (without one: a temporary folder, removed afterwards).
     """
+    if save_dir is None:
+        with tempfile.TemporaryDirectory(prefix="rtdetr_prune_val_") as tmp:
+            return val_map(model, data_yaml, imgsz, batch, device, workers, tmp)
     from ultralytics.models.rtdetr.val import RTDETRValidator
 
-    save_dir = Path(save_dir or tempfile.mkdtemp(prefix="rtdetr_prune_val_"))
     args = dict(model="rtdetr", data=str(data_yaml), imgsz=imgsz, batch=batch, device=device or None,
-                workers=workers, plots=False, save_json=False, verbose=False, split="val",
-                project=str(save_dir.parent), name=save_dir.name, exist_ok=True)
+                workers=workers, plots=False, save_json=False, verbose=False, split="val")
     threads = torch.get_num_threads()
-    validator = RTDETRValidator(args=args)
+    # save_dir given as the validator's documented argument: from `project`/`name` instead, Ultralytics puts a
+    # relative project under its own runs directory (runs/detect/<project>/<name>), an empty stray tree.
+    validator = RTDETRValidator(save_dir=Path(save_dir).resolve(), args=args)
     validator.add_callback("on_val_start", lambda _: torch.set_num_threads(threads))  # after device selection
     with keep_threads():
         stats = validator(model=copy.deepcopy(model).float())

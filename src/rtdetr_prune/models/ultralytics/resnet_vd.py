@@ -131,6 +131,10 @@ PRESNET_SPECS = {
     "rtdetr_presnet18vd": (BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), (32, 32, 64)),
     "rtdetr_presnet34vd": (BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), (32, 32, 64)),
     "rtdetr_presnet_tiny": (BasicBlock, (1, 1, 1, 1), (16, 32, 64, 128), (8, 8, 16)),
+    # ResNet-18-vd's depths at half its widths: the accuracy benchmark's proxy model (docs/benchmarks.md)
+    "rtdetr_presnet_proxy": (BasicBlock, (2, 2, 2, 2), (32, 64, 128, 256), (16, 16, 32)),
+    # the proxy at half width before the decoder (about half its GFLOPs), trained from scratch to judge its redundancy
+    "rtdetr_presnet_proxy_narrow": (BasicBlock, (2, 2, 2, 2), (16, 32, 64, 128), (16, 16, 16)),
 }
 
 

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 from torch import nn
@@ -23,6 +24,7 @@ from ultralytics.utils import DEFAULT_CFG, RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from rtdetr_prune.errors import UserError
+from rtdetr_prune.models.ultralytics.distiller import Distiller, registered
 from rtdetr_prune.models.ultralytics.zoo import ZOO
 from rtdetr_prune.pruning import rules
 from rtdetr_prune.threads import keep_threads
@@ -37,6 +39,8 @@ class PrunedTrainer(RTDETRTrainer):
         _callbacks: Ultralytics callbacks, by event.
         validate_first: validate the model before the first epoch and keep the metrics in
             :attr:`start_metrics`. Stored as an ``on_train_start`` callback, so it reaches DDP workers.
+        distill: distil from a teacher while training (:class:`~rtdetr_prune.models.ultralytics.distiller.Distiller`);
+            registered as callbacks after ``validate_first``'s, so the first validation sees the plain model.
 
     Attributes:
         start_metrics: Ultralytics' metric keys (``metrics/mAP50(B)``...) measured before training,
@@ -44,18 +48,36 @@ class PrunedTrainer(RTDETRTrainer):
     """
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None,
-                 validate_first: bool = False):
+                 validate_first: bool = False, distill: Distiller | None = None):
         rules.load_env_plugins()  # in a DDP worker: the user's modules and rules, before the model is loaded
         with keep_threads():  # Ultralytics' CPU device selection would leave one thread (threads.py)
             super().__init__(cfg, overrides, _callbacks)
         self.start_metrics: dict | None = None
         if validate_first and record_start_metrics not in self.callbacks["on_train_start"]:
             self.add_callback("on_train_start", record_start_metrics)
+        self.distiller = registered(self.callbacks) or distill  # a DDP worker finds it among its callbacks
+        if distill is not None and registered(self.callbacks) is None:
+            for event, callback in distill.callbacks().items():
+                self.add_callback(event, callback)
 
     def train(self):
         """Ultralytics' training; its final stand-alone validation may not change the thread count."""
         with keep_threads():
             return super().train()
+
+    def save_model(self):
+        """Ultralytics' checkpoints, written atomically: each goes to a hidden temporary file first, then is renamed
+        over ``last.pt``/``best.pt``, so a crash mid-write leaves the previous checkpoint whole (and resumable)."""
+        final = (self.last, self.best)
+        self.last, self.best = (p.with_name(f".{p.name}.tmp") for p in final)
+        try:
+            saved = super().save_model()
+            for tmp, path in zip((self.last, self.best), final):
+                if tmp.is_file():
+                    os.replace(tmp, path)
+        finally:
+            self.last, self.best = final
+        return saved
 
     def get_model(self, cfg: str | dict | None = None, weights: nn.Module | None = None, verbose: bool = True):
         """The loaded model itself (float32) when there is one, else a new model built from ``cfg``.
@@ -120,7 +142,8 @@ def train_args(model, data, epochs: int, imgsz: int, batch: int, device: str, wo
 
 
 def finetune(model_pt, data, epochs: int, imgsz: int, batch: int, device: str, workers: int, project, name: str,
-             seed: int, resume: bool = False, validate_first: bool = False, **overrides) -> PrunedTrainer:
+             seed: int, resume: bool = False, validate_first: bool = False, distill: Distiller | None = None,
+             **overrides) -> PrunedTrainer:
     """Finetune a (pruned) checkpoint at its own widths.
 
     Args:
@@ -131,6 +154,7 @@ def finetune(model_pt, data, epochs: int, imgsz: int, batch: int, device: str, w
         resume: continue the interrupted run in ``project/name`` from its ``weights/last.pt``, at the
             epoch after the last one saved (optimizer, EMA and best fitness restored).
         validate_first: measure the model before training, into ``trainer.start_metrics``.
+        distill: distil from a teacher while finetuning (see :mod:`rtdetr_prune.models.ultralytics.distiller`).
         **overrides: more Ultralytics training arguments (``lr0``, ``amp``...).
 
     Returns:
@@ -139,7 +163,7 @@ def finetune(model_pt, data, epochs: int, imgsz: int, batch: int, device: str, w
     args = train_args(model_pt, data, epochs, imgsz, batch, device, workers, project, name, seed, **overrides)
     if resume:
         args["resume"] = str(resumable(Path(args["project"]) / name / "weights" / "last.pt", epochs))
-    trainer = PrunedTrainer(overrides=args, validate_first=validate_first)
+    trainer = PrunedTrainer(overrides=args, validate_first=validate_first, distill=distill)
     trainer.train()
     return trainer
 

@@ -19,6 +19,7 @@ CFG_DIR = Path(__file__).parent / "cfg"
 # name -> YAML. Ours live in cfg/; the others are Ultralytics' own configs, found by file name in its package.
 ZOO = {
     "rtdetr-tiny": str(CFG_DIR / "rtdetr-tiny.yaml"),
+    "rtdetr-proxy": str(CFG_DIR / "rtdetr-proxy.yaml"),  # the accuracy benchmark's stand-in for R18 (docs/benchmarks.md)
     "rtdetr-r18": str(CFG_DIR / "rtdetr-r18.yaml"),
     "rtdetr-r34": str(CFG_DIR / "rtdetr-r34.yaml"),
     "rtdetr-r50": "rtdetr-resnet50.yaml",

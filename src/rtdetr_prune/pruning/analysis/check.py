@@ -23,13 +23,15 @@ import torch
 from torch import nn
 
 from rtdetr_prune.measure import counts
+from rtdetr_prune.measure.layers import conv_linear_gflops
 from rtdetr_prune.models import adapter_of
 from rtdetr_prune.pruning import rules
+from rtdetr_prune.pruning.analysis.parts import part_keys, restrict
 from rtdetr_prune.pruning.analysis.prunable import Plan, analyse
 from rtdetr_prune.pruning.graph import TracedGraph, trace
-from rtdetr_prune.pruning.planner import FlopPlanner, layer_gflops
+from rtdetr_prune.pruning.planner import FlopPlanner
 from rtdetr_prune.pruning.units import Unit, group_units
-from rtdetr_prune.recipe import default, validate
+from rtdetr_prune.recipe import DECODER_PARTS, default, validate
 
 GUIDE = "docs/custom-structures.md"
 # What the user can do, per kind of skip (probe.KINDS), in words.
@@ -48,7 +50,8 @@ ADVICE = {
     "breaks": ("rewrite the block into an equivalent one whose channels Torch-Pruning follows: one conv per part "
                "instead of a chunk/split (the built-in C2f rewrite does this), per-head q/k/v projections for "
                f"attention split into heads; or register a prune_rule; or accept it ({GUIDE})"),
-    "decoder": "accept it: the decoder's width is RT-DETR's interface between the encoder and the queries",
+    "decoder": "accept it: these widths are the model's outputs or its sampling layout",
+    "option": "turn its part on with --decoder-parts (prune it) if the time it saves is worth its accuracy",
     "protected": "accept it: the model's family keeps this part whole",
     "other": f"see {GUIDE}",
 }
@@ -56,7 +59,8 @@ ADVICE["changes-outputs"] = ADVICE["breaks"]
 
 
 def check_model(model: nn.Module, imgsz: int = default("imgsz"), round_to: int = default("round_to"),
-                max_layer_ratio: float = default("max_layer_ratio"), plan: Plan | None = None) -> dict:
+                max_layer_ratio: float = default("max_layer_ratio"), plan: Plan | None = None,
+                decoder_parts: str = default("decoder_parts"), decoder_layers: int = default("decoder_layers")) -> dict:
     """Prunability report of an RT-DETR model.
 
     Args:
@@ -65,6 +69,9 @@ def check_model(model: nn.Module, imgsz: int = default("imgsz"), round_to: int =
         round_to: channel unit, as for pruning.
         max_layer_ratio: largest share of a group's channels pruning may remove.
         plan: a precomputed :func:`~rtdetr_prune.pruning.analysis.prunable.analyse` result (of the rewritten model).
+        decoder_parts: the decoder parts pruning may shrink (a ``--decoder-parts`` value); the others are listed
+            as skipped (kind "option") with what each would add.
+        decoder_layers: keep only the first K decoder layers first (0: all); counted in ``max_speed_up``.
 
     Returns:
         A JSON-ready dict: ``prunable`` (bool), ``groups`` (prunable group count), ``gflops``,
@@ -73,19 +80,26 @@ def check_model(model: nn.Module, imgsz: int = default("imgsz"), round_to: int =
         (predicted, were every skipped group prunable), ``protected`` and ``skipped`` (lists of
         ``{"layer", "reason", "kind", "advice", "gflops_share", "speed_up_if_prunable"}``; see the
         module docstring), ``rewritten`` (names of the layers rewritten first) and ``rewrites``
-        (``{"layer", "from", "to"}`` for each).
+        (``{"layer", "from", "to"}`` for each), ``parts`` (per decoder part: ``enabled``, ``groups``,
+        ``gflops_share`` of the layers whose outputs its groups prune, ``speed_up_toggled``: the max speed-up
+        predicted with that part's setting flipped) and ``decoder_layers`` (kept, total).
 
     Example:
         >>> r = check_model(load_model("rtdetr-tiny", nc=3), imgsz=160)
         >>> r["max_speed_up"], [(s["layer"], s["advice"]) for s in r["skipped"]][:1]
     """
-    validate(SimpleNamespace(imgsz=imgsz, round_to=round_to, max_layer_ratio=max_layer_ratio))
+    validate(SimpleNamespace(imgsz=imgsz, round_to=round_to, max_layer_ratio=max_layer_ratio,
+                             decoder_parts=decoder_parts, decoder_layers=decoder_layers))
     model = copy.deepcopy(model)
     rewritten = rules.apply_rewrites(model)
-    plan = plan or analyse(model, round_to)
+    full = restrict(plan or analyse(model, round_to), ",".join(DECODER_PARTS))
+    plan = restrict(full, decoder_parts)
     base = counts.gflops(model, imgsz)
+    layers = (adapter_of(model).decoder_layers(),) * 2
+    if decoder_layers:
+        layers = (layers[0] - adapter_of(model).keep_decoder_layers(decoder_layers), layers[1])
     graph = trace(model, plan.opaque_types)
-    cost = layer_gflops(model, imgsz)
+    cost = conv_linear_gflops(model, imgsz)
     floor = _prune_to_floor(model, plan, round_to, max_layer_ratio)
     max_speed = base / counts.gflops(floor, imgsz) if plan.prunable else 1.0
     losses = _Losses(model, graph, plan, cost, imgsz, base, max_speed, round_to, max_layer_ratio)
@@ -104,7 +118,26 @@ def check_model(model: nn.Module, imgsz: int = default("imgsz"), round_to: int =
         "rewritten": rewritten,
         "rewrites": [{"layer": n, "from": getattr(modules[n], rules.REWRITTEN_FROM, "?").rsplit(".", 1)[-1],
                       "to": type(modules[n]).__name__} for n in rewritten],
+        "parts": _parts(full, plan, graph, losses),
+        "decoder_layers": {"kept": layers[0], "total": layers[1]},
     }
+
+
+def _parts(full: Plan, plan: Plan, graph: TracedGraph, losses: "_Losses") -> dict:
+    """Per decoder part: on or off, its groups, the GFLOPs share its groups' layers hold, and the max speed-up
+    predicted with the part flipped (on: without it; off: with it)."""
+    groups = {graph.key(g): g for g in graph.all_groups()}
+    on, found = set(plan.prunable), {}
+    for part in DECODER_PARTS:
+        keys = [k for k in part_keys(full, part) if k in groups and k in set(full.prunable)]
+        if not keys:
+            continue
+        enabled = any(k in on for k in keys)
+        units = [u for k in keys for u in losses.units.get(k, [])]
+        found[part] = {"enabled": enabled, "groups": len(keys),
+                       "gflops_share": round(losses.share_of([m for k in keys for m in graph.out_modules(groups[k])]), 4),
+                       "speed_up_toggled": round(losses.without(units) if enabled else losses.with_(units), 3)}
+    return found
 
 
 def _entry(layer: str, reason: str, kind: str, share: float, speed_if: float | None) -> dict:
@@ -137,6 +170,15 @@ class _Losses:
     def if_all_prunable(self) -> float:
         return self._speed_with([u for units in self.units.values() for u in units if u not in set(self.taken)])
 
+    def with_(self, extra: list[Unit]) -> float:
+        """Max speed-up predicted with ``extra`` units cut too."""
+        return self._speed_with(extra)
+
+    def without(self, units: list[Unit]) -> float:
+        """Max speed-up predicted without cutting ``units`` (of groups now cut to their floor)."""
+        gone = set(units)
+        return self.max_speed * self.floor / self.planner.predict([u for u in self.taken if u not in gone])
+
     def _speed_with(self, extra: list[Unit]) -> float:
         if not extra:
             return self.max_speed
@@ -145,7 +187,9 @@ class _Losses:
 
 def _floor_units(graph: TracedGraph, group, key: str, unit: int, max_ratio: float) -> list[Unit]:
     width = graph.root_width(group)
-    return group_units(key, torch.arange(width, dtype=torch.float), width, width, unit, max_ratio)
+    out = graph.out_modules(group)
+    block, heads = graph.adapter.channel_block(out), graph.adapter.channel_heads(out)
+    return group_units(key, torch.arange(width, dtype=torch.float), width, width, unit, max_ratio, block, heads)
 
 
 def _flops_shares(model: nn.Module, graph: TracedGraph, plan: Plan, cost) -> dict[str, float]:
@@ -188,6 +232,13 @@ def format_check(r: dict) -> str:
         f"max_layer_ratio={st['max_layer_ratio']}); about {r['max_speed_up_if_all_prunable']:.2f}x if every "
         "skipped group were prunable",
     ]
+    if r.get("parts"):
+        lines.append("decoder parts (--decoder-parts): " + "; ".join(
+            f"{name} {'on' if p['enabled'] else 'off'} ({p['groups']} groups, {p['gflops_share']:.1%} GFLOPs, "
+            f"{'without' if p['enabled'] else 'with'} it -> {p['speed_up_toggled']:.2f}x)" for name, p in r["parts"].items()))
+    layers = r.get("decoder_layers") or {}
+    if layers.get("total") and layers["kept"] < layers["total"]:
+        lines.append(f"decoder layers: the first {layers['kept']} of {layers['total']} kept (--decoder-layers)")
     if r.get("rewrites"):
         lines.append("rewritten first (same outputs, prunable): "
                      + ", ".join(f"{w['layer']} ({w['from']} -> {w['to']})" for w in r["rewrites"]))

@@ -6,11 +6,11 @@ Three checks, cheapest first:
 2. Static rules: groups touching a type protected by a rule (:mod:`rtdetr_prune.pruning.rules`), coupled to
    an opaque module, to a custom module's raw parameters or to a grouped (not depthwise) conv, or
    vetoed by the RT-DETR adapter (AIFI's embedding width); groups too narrow to lose a unit.
-3. A zeroed-channel trial (:mod:`rtdetr_prune.pruning.analysis.trial`): on a float64 copy, zero one unit of
-   channels in every remaining group, then remove exactly those channels. Removing channels that
-   carry zeros must leave every output unchanged and the model must still run; if not, bisect to
-   the groups at fault. This catches groups Torch-Pruning prunes *wrongly* without crashing (a
-   chunk, heads of an attention).
+3. A zeroed-channel trial (:mod:`rtdetr_prune.pruning.analysis.trial`): on a copy, zero one unit of
+   channels (spread over the width) in every remaining group, then remove exactly those channels.
+   Removing channels that carry zeros must leave every output unchanged and the model must still run;
+   if not, search out the groups at fault, alone or the sets of groups that fail only together. This
+   catches groups Torch-Pruning prunes *wrongly* without crashing (a chunk, heads of an attention).
 
 Every skip carries a ``kind`` (one of :data:`KINDS`) so that ``check`` can say what to do about it.
 
@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
@@ -31,7 +31,7 @@ from rtdetr_prune.errors import first_line
 from rtdetr_prune.models import adapter_of, families
 from rtdetr_prune.pruning import rules
 from rtdetr_prune.pruning.analysis.trial import CHANGES, removal_trial
-from rtdetr_prune.pruning.graph import TRACE_IMGSZ, TracedGraph, trace
+from rtdetr_prune.pruning.graph import TRACE_IMGSZ, TracedGraph, kept_modes, trace
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ KINDS = {
     "narrow": "too narrow to lose a unit",
     "breaks": "removing channels breaks the forward pass",
     "changes-outputs": "removing channels changes the kept channels' outputs",
+    "option": "its part of the model is turned off (--decoder-parts)",
 }
 
 
@@ -63,6 +64,7 @@ class Plan:
     prunable: list[str]
     skipped: list[Skip]
     opaque_types: tuple[type, ...] = ()
+    parts: dict[str, str] = field(default_factory=dict)  # group key -> optional part it belongs to (e.g. "ffn")
 
 
 def analyse(model: nn.Module, unit: int = 8, imgsz: int = TRACE_IMGSZ) -> Plan:
@@ -77,9 +79,12 @@ def analyse(model: nn.Module, unit: int = 8, imgsz: int = TRACE_IMGSZ) -> Plan:
     graph = trace(model, opaque, imgsz)
     owners = _custom_param_owners(model, graph)
     protected = _protected_members(model)
-    prunable = []
+    prunable, parts = [], {}
     for group in graph.all_groups():
         key = graph.key(group)
+        part = graph.adapter.group_part(graph.out_modules(group))
+        if part:
+            parts[key] = part
         skip = _protected_reason(graph, group, protected) or _static_reason(graph, group, opaque, owners, unit)
         if skip:
             skipped.append(Skip(key, *skip))
@@ -88,7 +93,7 @@ def analyse(model: nn.Module, unit: int = 8, imgsz: int = TRACE_IMGSZ) -> Plan:
     broken = _bisect_failures(model, opaque, prunable, unit, imgsz)
     skipped += [Skip(k, *_trial_reason(msg)) for k, msg in broken.items()]
     prunable = [k for k in prunable if k not in broken]
-    return Plan(prunable, skipped, opaque)
+    return Plan(prunable, skipped, opaque, parts)
 
 
 def find_untraceable(model: nn.Module, imgsz: int = TRACE_IMGSZ) -> tuple[tuple[type, ...], list[Skip]]:
@@ -170,7 +175,7 @@ def _tensor_output_types(model: nn.Module, imgsz: int) -> set[type]:
     adapter = adapter_of(model)
     handles = [m.register_forward_hook(hook) for _, m in adapter.region_modules()]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), kept_modes(model):
             adapter.region().eval()(torch.zeros(1, 3, imgsz, imgsz, device=next(model.parameters()).device))
     finally:
         for h in handles:
@@ -243,15 +248,52 @@ def _custom_param_owners(model: nn.Module, graph: TracedGraph) -> dict:
 
 
 def _bisect_failures(model, opaque, keys: list[str], unit: int, imgsz: int) -> dict[str, str]:
-    """Groups whose trial removal fails, with what went wrong; assumes failures are per group."""
-    error = removal_trial(model, opaque, keys, unit, imgsz)
-    if error is None:
-        return {}
-    if len(keys) == 1:
-        return {keys[0]: error}
-    mid = len(keys) // 2
-    return {**_bisect_failures(model, opaque, keys[:mid], unit, imgsz),
-            **_bisect_failures(model, opaque, keys[mid:], unit, imgsz)}
+    """Groups whose trial removal fails, with what went wrong.
+
+    While the trial of the groups left fails, find a smallest set of them that fails together
+    (:func:`_failing_set`) and take it out: one group that fails alone, or several that fail only
+    together (a rule that goes wrong only when two groups both lose channels). Every member of such a
+    set is reported, since which of them is at fault cannot be told apart.
+    """
+    def trial(subset):
+        return removal_trial(model, opaque, subset, unit, imgsz)
+
+    broken: dict[str, str] = {}
+    left = list(keys)
+    while left and trial(left) is not None:
+        culprits, error = _failing_set(left, trial)
+        for k in culprits:
+            others = [c for c in culprits if c != k]
+            broken[k] = error + (f" (when removed together with {', '.join(others)}; no smaller set of these "
+                                 "groups fails, so all are kept whole)" if others else "")
+        left = [k for k in left if k not in culprits]
+    return broken
+
+
+def _failing_set(keys: list[str], trial) -> tuple[list[str], str]:
+    """A smallest set of ``keys`` whose trial fails (``trial(keys)`` must fail), and its error.
+
+    Grows the set one group at a time: the group that first makes a failing prefix fail is needed, so
+    it joins the set, and the search repeats among the groups before it until the set fails alone
+    (a binary search per member: ~log2(len(keys)) trials each).
+    """
+    needed: list[str] = []
+    pool = list(keys)
+    while True:
+        error = trial(needed) if needed else None
+        if error is not None:
+            return needed, error
+        lo, hi = 0, len(pool)  # trial(needed + pool[:lo]) passes, trial(needed + pool[:hi]) fails
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if trial(needed + pool[:mid]) is None:
+                lo = mid
+            else:
+                hi = mid
+        if hi == 0:  # only a trial that is not monotonic gets here: keep the whole set out
+            return needed + pool, "fails only in some combinations of these groups"
+        needed.append(pool[hi - 1])
+        pool = pool[:hi - 1]
 
 
 def _trial_reason(error: str) -> tuple[str, str]:

@@ -1,6 +1,6 @@
 """The zeroed-channel trial: does removing a group's channels remove exactly them?
 
-On a copy of the model, zero some channels of each group (every layer that outputs them
+On a copy of the model, zero some channels of each group, spread over its width (every layer that outputs them
 writes zeros, every layer that reads them reads zeros), run it, then remove exactly those channels
 and run it again. If Torch-Pruning removed the right channels from every layer, nothing else can
 change: the outputs must agree to float32 rounding (~1e-6). A group it maps wrongly (a ``chunk`` of one layer's output,
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import zlib
 
 import torch
 from torch import nn
 
 from rtdetr_prune.errors import first_line
+from rtdetr_prune.models import adapter_of
 from rtdetr_prune.pruning.graph import TracedGraph, trace
 
 # Relative output change allowed. The trial runs in float32 (float64 convolutions take a slow path on CPU:
@@ -30,7 +32,8 @@ _CHANNELS_LAST = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.Embedding) 
 
 
 def removal_trial(model: nn.Module, opaque: tuple[type, ...], keys: list[str], unit: int, imgsz: int) -> str | None:
-    """On a copy, zero the first ``unit`` channels of each group, then remove exactly them.
+    """On a copy, zero ``unit`` channels of each group (spread over its width, see :func:`spread`), then
+    remove exactly them.
 
     The kept outputs must not change and the model must still run (eval and train). Returns what
     went wrong, or None. BatchNorm statistics are first fitted to a random batch, so that a randomly
@@ -39,25 +42,58 @@ def removal_trial(model: nn.Module, opaque: tuple[type, ...], keys: list[str], u
     if not keys:
         return None
     m = copy.deepcopy(model)
+    imgsz = adapter_of(m).trial_imgsz(imgsz)
     x = torch.randn(2, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     x = x.to(next(m.parameters()).device)
     try:
         graph = trace(m, opaque, imgsz)
-        idxs = {k: list(range(unit)) for k in keys}
+        idxs = _trial_units(graph, keys, unit)
         region = graph.adapter.region()
         _fit_batchnorm(region, x)
         region.eval()
         with torch.no_grad():
             with _zeroed(graph, idxs):
-                expected = region(x)
+                expected = graph.adapter.trial_outputs(x)
             graph.prune(idxs)
-            got = region(x)
+            got = graph.adapter.trial_outputs(x)
             m.eval()(x)
             m.train()(x)
     except Exception as e:  # noqa: BLE001 - the failure is the finding
         return first_line(e)
+    shapes = [(tuple(a.shape), tuple(b.shape)) for a, b in zip(expected, got) if a.shape != b.shape]
+    if shapes or len(expected) != len(got):
+        return f"{CHANGES} shape ({shapes[0][0]} -> {shapes[0][1]})" if shapes else f"{CHANGES} count"
     change = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)) for a, b in zip(expected, got))
     return f"{CHANGES} by up to {change:.1e} of their size" if change > TOLERANCE else None
+
+
+def _trial_units(graph: TracedGraph, keys: list[str], unit: int) -> dict[str, list[int]]:
+    """Each group's ``unit`` trial channels (or the whole aligned blocks, e.g. attention heads, that make up
+    as many), spread over its width by :func:`spread`."""
+    by_key = {graph.key(g): g for g in graph.all_groups()}
+    idxs = {}
+    for k in keys:
+        out = graph.out_modules(by_key[k])
+        block, heads = graph.adapter.channel_block(out), graph.adapter.channel_heads(out)
+        if heads > 1:  # as many from every head (e.g. deformable attention's values), spread within each
+            w = graph.root_width(by_key[k]) // heads
+            idxs[k] = [h * w + i for h in range(heads) for i in spread(f"{k}/{h}", w, -(-unit // heads))]
+            continue
+        picked = spread(k, graph.root_width(by_key[k]) // block, -(-unit // block))
+        idxs[k] = [b * block + i for b in picked for i in range(block)]
+    return idxs
+
+
+def spread(key: str, n: int, k: int) -> list[int]:
+    """``k`` of ``range(n)``: the first, the last, then random ones between (seeded by ``key``), sorted.
+
+    A mapping that goes wrong only for later channels (the second half of a split, the last head) is then
+    caught too. Seeded by the group's name, a group is tried with the same channels whichever other groups
+    share the trial.
+    """
+    rest = torch.randperm(max(0, n - 2), generator=torch.Generator().manual_seed(zlib.crc32(key.encode())))
+    order = [0, n - 1][:n] + [1 + int(i) for i in rest]
+    return sorted(order[:k])
 
 
 def _fit_batchnorm(region: nn.Module, x: torch.Tensor) -> None:

@@ -1,0 +1,38 @@
+"""Which optional parts of a model get pruned: the recipe's ``--decoder-parts``.
+
+:func:`~rtdetr_prune.pruning.analysis.prunable.analyse` finds every group that can be pruned, the decoder's
+included, and records which optional part each decoder group belongs to (``Plan.parts``, from the family's
+:meth:`~rtdetr_prune.models.Adapter.group_part`). :func:`restrict` then keeps the parts the user turned on
+and lists the others as skipped, so ``check`` shows what each would add, and one analysis serves any choice.
+
+Example:
+    >>> plan = restrict(analyse(model, 16), "memory,value")
+    >>> [s.layer for s in plan.skipped if s.kind == "option"]  # the FFN and MLP groups
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+from rtdetr_prune.pruning.analysis.prunable import Plan, Skip
+from rtdetr_prune.recipe import decoder_parts, validate
+
+OPTION_KIND = "option"  # the Skip kind of a group whose part is turned off
+
+
+def restrict(plan: Plan, parts: str) -> Plan:
+    """``plan`` with only the groups of the parts named in ``parts`` (a --decoder-parts value) left prunable,
+    besides the groups that belong to no optional part; the others become skips of kind "option"."""
+    validate(SimpleNamespace(decoder_parts=parts))
+    wanted = set(decoder_parts(parts))
+    off = [k for k in plan.prunable if plan.parts.get(k, None) not in (None, *wanted)]
+    skips = [Skip(k, f"decoder part '{plan.parts[k]}' is off (--decoder-parts {parts or 'none'})", OPTION_KIND)
+             for k in off]
+    return dataclasses.replace(plan, prunable=[k for k in plan.prunable if k not in set(off)],
+                               skipped=[*plan.skipped, *skips])
+
+
+def part_keys(plan: Plan, part: str) -> list[str]:
+    """Groups of ``plan`` (prunable or turned off) that belong to ``part``."""
+    return [k for k, p in plan.parts.items() if p == part]

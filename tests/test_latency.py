@@ -1,0 +1,93 @@
+"""Measured-latency target and latency-aware ranking, checked with stand-in clocks and cost tables (no timing
+is asserted: timed results come from benchmarks/latency_target.py on an idle machine)."""
+
+import dataclasses
+import itertools
+
+import pytest
+from conftest import IMGSZ
+from torch import nn
+
+from rtdetr_prune.bench.layer_times import layer_times
+from rtdetr_prune.bench.meter import LatencyMeter, Timing
+from rtdetr_prune.errors import UserError
+from rtdetr_prune.measure import counts
+from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
+from rtdetr_prune.pruning.latency_aware import LayerCosts, _widths
+from rtdetr_prune.pruning.latency_target import prune_to_latency
+from rtdetr_prune.pruning.methods import get_method
+from rtdetr_prune.recipe import Recipe
+
+
+class LineMeter:
+    """A meter whose 'time' follows latency ratio = c + (1 - c) * GFLOPs ratio exactly (c: time that stays)."""
+
+    backend, device = "line", "cpu"
+
+    def __init__(self, reference: nn.Module, c: float):
+        self.base, self.c, self.measurements = counts.gflops(reference, IMGSZ), c, 0
+
+    def speed_up(self, model: nn.Module) -> Timing:
+        self.measurements += 1
+        ratio = self.c + (1 - self.c) * counts.gflops(model, IMGSZ) / self.base
+        return Timing(1 / ratio, ratio, 1.0)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.3])
+def test_latency_target_lands_in_few_timed_evaluations(tiny, c):
+    meter = LineMeter(tiny, c)
+    out = prune_to_latency(tiny, get_method("l1"), PruneOptions(speed_up=1.4, imgsz=IMGSZ, round_to=8), meter)
+    assert abs(out.measured / 1.4 - 1) <= 0.03, out.evaluations
+    assert meter.measurements == len(out.evaluations) <= 3
+    want = 1 / ((1 / 1.4 - c) / (1 - c))  # the GFLOPs speed-up this line needs for 1.4x in time
+    assert out.result.speed_up == pytest.approx(want, rel=0.06)
+    assert "measured speed-up" in out.message and f"{out.result.speed_up:.3f}x fewer GFLOPs" in out.message
+
+
+def test_unreachable_latency_target_stops_at_the_model_limit(tiny):
+    meter = LineMeter(tiny, 0.8)  # at most 1.25x in time, whatever the GFLOPs
+    out = prune_to_latency(tiny, get_method("l1"), PruneOptions(speed_up=1.5, imgsz=IMGSZ, round_to=8), meter)
+    assert out.measured < 1.25 and len(out.evaluations) <= 4 and "outside" in out.message
+
+
+def test_meter_times_reference_and_candidate_interleaved(tiny):
+    clock = itertools.count(step=0.5)
+    meter = LatencyMeter(tiny, batch=1, imgsz=64, backend="torch", warmup=0, repeats=3, threads=1,
+                         timer=lambda: next(clock))
+    timing = meter.speed_up(tiny)
+    assert timing.speed_up == 1.0 and timing.ms == timing.reference_ms == 500.0 and meter.measurements == 1
+    with pytest.raises(UserError, match="Did you mean 'onnxruntime'"):
+        LatencyMeter(tiny, backend="onnxruntme")
+
+
+def test_layer_times_cover_the_layers(tiny):
+    fused = counts.fused(tiny)
+    attention = {n for n, m in fused.named_modules() if isinstance(m, nn.MultiheadAttention)}
+    layers = {n for n, m in fused.named_modules()  # an attention's out_proj runs inside its functional call
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and n.rsplit(".", 1)[0] not in attention}
+    torch_ms = layer_times(tiny, batch=1, imgsz=64, backend="torch", repeats=1, threads=1)
+    assert set(torch_ms) == layers and all(v > 0 for v in torch_ms.values())
+    ort_ms = layer_times(tiny, batch=1, imgsz=64, backend="onnxruntime", repeats=1, threads=1)
+    assert set(ort_ms) <= layers and len(ort_ms) >= 0.8 * len(layers)  # nodes with a module path
+
+
+def test_latency_aware_ranking_follows_the_cost_table(tiny):
+    """A layer the table says is slow gives up its channels first; the same table with it fast keeps them."""
+    fused = counts.fused(tiny)
+    widths = _widths(fused)
+    slow = "model.22.decoder.layers.0.linear1"  # the FFN hidden width's group
+    flat = LayerCosts({n: 1.0 for n in widths}, widths)
+    steep = LayerCosts({**flat.ms, slow: 1000.0}, widths)
+    options = PruneOptions(speed_up=1.3, imgsz=IMGSZ, round_to=8, latency_aware=True, decoder_parts="ffn")
+    a = prune_to_target(tiny, get_method("l1"), options, costs=steep).widths[slow]
+    b = prune_to_target(tiny, get_method("l1"), options, costs=flat).widths[slow]
+    assert a < b
+    with pytest.raises(ValueError, match="costs"):
+        prune_to_target(tiny, get_method("l1"), options)
+    assert flat.at(tiny) == flat.ms  # unpruned: the table as measured
+
+
+def test_latency_target_needs_a_oneshot_schedule():
+    with pytest.raises(UserError, match="--target latency works with --schedule oneshot"):
+        Recipe(target="latency", schedule="iterative").validate()
+    assert dataclasses.replace(Recipe(), target="latency").validate()
