@@ -115,7 +115,7 @@ DATASETS = ("shapes", "clutter")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_const", dest="profile", const="quick", help="2 CPU cores, about an hour")
+    g.add_argument("--quick", action="store_const", dest="profile", const="quick", help="sized for 2 CPU cores (the full candidate list takes hours there; see docs/benchmarks.md, section 3)")
     g.add_argument("--full", action="store_const", dest="profile", const="full", help="one GPU")
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--model", default=None, help="zoo name or YAML of the proxy model")

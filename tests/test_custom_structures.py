@@ -246,3 +246,17 @@ def test_check_explains_each_skip_and_its_cost(tiny):
     assert r["max_speed_up_if_all_prunable"] >= held[0]["speed_up_if_prunable"] - 1e-3
     text = format_check({**r, "model": "tiny+scale"})
     assert "what to do: register a prune_rule" in text and "max reachable speed-up" in text
+
+
+def test_a_plugin_loaded_again_after_its_scope_registers_its_rules_again():
+    """scoped() undoes a plugin's registrations; loading the file again later must register them again (it used to
+    return the cached module, whose rules were gone: a second run in the same process pruned without them)."""
+    def scaled_residual_rule() -> bool:
+        return any(cls.__name__ == "ScaledResidual" for cls in rules.customized_pruners())
+
+    for _ in range(2):
+        with rules.scoped():
+            rules.load_plugin(EXAMPLES / "my_modules.py")
+            rules.load_plugin(EXAMPLES / "my_rules.py")
+            assert scaled_residual_rule()
+        assert not scaled_residual_rule()

@@ -135,3 +135,15 @@ def test_distiller_reaches_ddp_workers_through_the_callbacks(tiny, teacher_pt, d
     assert worker.distiller.options == options and worker.distiller.teacher is None
     assert worker.distiller.teacher_path == str(Path(teacher_pt).resolve())
     assert sum(getattr(cb, "__self__", None) is worker.distiller for cb in worker.callbacks["on_train_start"]) == 1
+
+
+def test_feature_distillation_with_a_pruned_memory_width_is_refused_up_front():
+    """The feature term compares decoder inputs of equal width: pruning that width (--decoder-parts memory) would
+    fail in the middle of finetuning, so the recipe refuses the pair at the start; output terms alone are fine."""
+    from rtdetr_prune.errors import UserError
+    from rtdetr_prune.recipe import Recipe
+
+    with pytest.raises(UserError, match="--distill-feat 0"):
+        Recipe(distill=True, decoder_parts="memory,value").validate()
+    assert Recipe(distill=True, decoder_parts="memory", distill_feat=0.0).validate()
+    assert Recipe(distill=True, decoder_parts="value,ffn,mlp").validate()

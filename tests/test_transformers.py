@@ -320,3 +320,13 @@ def test_acceptance_benchmark_runs_on_the_tiny_model(tmp_path):
     result = json.loads((tmp_path / "transformers_acceptance.json").read_text())["results"][0]["methods"]["lamp"]
     assert result["within_3pct"] and result["reload_max_abs_diff"] == 0.0 and result["onnx_max_abs_diff"] <= 1e-3
     assert (tmp_path / "transformers_acceptance.md").is_file()
+
+
+def test_distill_is_refused_before_anything_is_written(data_yaml, tmp_path):
+    """No distiller for this family yet: the run stops at its start, with the fix, and leaves no run directory."""
+    import rtdetr_prune
+
+    with pytest.raises(UserError, match="--distill is not available for transformers"):
+        rtdetr_prune.prune(model="hf-rtdetr-tiny", data=str(data_yaml), method="l1", speed_up=1.2, imgsz=IMGSZ,
+                           round_to=8, epochs=1, distill=True, project=str(tmp_path / "runs"), name="x")
+    assert not (tmp_path / "runs").exists()

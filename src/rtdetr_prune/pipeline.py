@@ -66,6 +66,8 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     plan = analyse(model, recipe.round_to)
     if method.needs_sparse_training and recipe.sparse_model:
         _require_sparse_model(model, recipe)
+    if recipe.distill and not family_of(model).distills:
+        raise UserError(f"--distill is not available for {family_of(model).name} models yet: run without --distill.")
     if run_dir is None:
         _require_reachable(model, plan, recipe)
         run_dir = new_run_dir(recipe.project, recipe.name)

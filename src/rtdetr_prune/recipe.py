@@ -215,6 +215,9 @@ class Recipe:
         if self.target == "latency" and self.schedule != "oneshot":
             raise UserError("--target latency works with --schedule oneshot (each round of an iterative schedule "
                             "would need its own timing); use --schedule oneshot, or --target gflops.")
+        if self.distill and self.distill_feat > 0 and "memory" in decoder_parts(self.decoder_parts):
+            raise UserError("--distill compares the decoder's input features, whose width --decoder-parts memory "
+                            "prunes: drop memory from --decoder-parts, or set --distill-feat 0 (output terms only).")
         return self
 
 

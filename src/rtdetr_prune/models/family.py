@@ -141,6 +141,7 @@ class ModelFamily(ABC):
     name: str = ""  # short name, recorded in saved models ("ultralytics")
     library_packages: tuple[str, ...] = ()  # top-level packages of its library: modules from these are not "custom"
     sparse_picks: tuple[str, ...] = ("best",)  # the recipe's --sparse-pick values :meth:`sparse_checkpoint` serves
+    distills: bool = True  # its finetune and sparse_train take ``distill=`` (a teacher checkpoint and loss weights)
 
     # --- recognizing and loading -------------------------------------------------------------------
     @abstractmethod

@@ -36,6 +36,7 @@ from rtdetr_prune.errors import UserError
 _PROTECTED: dict[type, str] = {}
 _PRUNERS: dict[type, object] = {}
 _REWRITES: dict[type, Callable[[nn.Module], nn.Module]] = {}
+_IMPORTED: list[str] = []  # module names load_plugin imported, in order (scoped() forgets those imported inside it)
 PLUGINS_ENV = "RTDETR_PRUNE_PLUGINS"  # plugin files loaded in this process, for its child processes (DDP workers)
 REWRITTEN_FROM = "_rtdetr_prune_rewritten_from"  # attribute set on each module a rewrite produced
 
@@ -85,16 +86,21 @@ def unregister(cls: type) -> None:
 
 @contextlib.contextmanager
 def scoped() -> Iterator[None]:
-    """Undo, on exit, every registration and unregistration made inside the ``with`` block (and stop
-    passing the plugins loaded inside it to child processes)."""
+    """Undo, on exit, every registration and unregistration made inside the ``with`` block, forget the plugin
+    files first imported inside it (so that loading one again imports it again and registers its rules again,
+    instead of returning the module whose rules were undone), and stop passing them to child processes."""
     saved = [dict(t) for t in (_PROTECTED, _PRUNERS, _REWRITES)]
     plugins = os.environ.get(PLUGINS_ENV)
+    imported = len(_IMPORTED)
     try:
         yield
     finally:
         for table, old in zip((_PROTECTED, _PRUNERS, _REWRITES), saved):
             table.clear()
             table.update(old)
+        for name in _IMPORTED[imported:]:
+            sys.modules.pop(name, None)
+        del _IMPORTED[imported:]
         if plugins is None:
             os.environ.pop(PLUGINS_ENV, None)
         else:
@@ -187,6 +193,7 @@ def load_plugin(path: str | Path):
         raise UserError(f"Plugin '{path}' failed to import: {type(e).__name__}: {e}") from e
     finally:
         sys.path.remove(folder)
+    _IMPORTED.append(p.stem)
     _pass_on(p)
     return module
 

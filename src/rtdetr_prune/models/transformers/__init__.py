@@ -36,6 +36,7 @@ class TransformersFamily(ModelFamily):
     """HuggingFace transformers' RT-DETR and RT-DETRv2 detectors."""
 
     name = NAME
+    distills = False  # pipeline refuses --distill before anything is written
     library_packages = ("transformers",)
 
     def recognizes(self, spec: str) -> bool:
