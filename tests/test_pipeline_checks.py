@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import IMGSZ
 
-from rtdetr_prune import pipeline, rules
+from rtdetr_prune import guards, pipeline, rules
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.io.safe import read_safe
 from rtdetr_prune.models import family_of, load_model
@@ -44,7 +44,7 @@ def test_a_custom_parameter_pruned_by_its_rule_survives_the_safe_copy(data_yaml,
         full = [m.gamma.shape for m in unpruned.modules() if type(m).__name__ == "ScaledResidual"]
         assert any(g[0] < f[0] for g, f in zip(gammas, full)), (gammas, full)  # gamma itself was pruned
         x = torch.rand(1, 3, IMGSZ, IMGSZ)
-        assert pipeline._output_change(pruned, safe, x) < 1e-5
+        assert guards.output_change(pruned, safe, x) < 1e-5
 
 
 def test_a_safe_copy_that_does_not_load_back_stops_the_run(tmp_path):
@@ -53,7 +53,7 @@ def test_a_safe_copy_that_does_not_load_back_stops_the_run(tmp_path):
     path = family_of(model).save_safe(model, tmp_path / "safe")
     (path / "model.safetensors").write_bytes(b"damaged")
     with pytest.raises(UserError, match="safe copy .* does not load back .*SHA-256"):
-        pipeline._require_reloads(model, path, IMGSZ)
+        guards.require_reloads(model, path, IMGSZ)
     assert not path.exists(), "a safe copy that does not load back is removed"
 
 
@@ -61,11 +61,11 @@ def test_a_safe_copy_with_other_outputs_is_refused(tmp_path):
     torch.manual_seed(0)
     model = load_model("rtdetr-tiny", nc=3)
     family = family_of(model)
-    pipeline._require_reloads(model, family.save_safe(model, tmp_path / "same"), IMGSZ)  # exact: accepted
+    guards.require_reloads(model, family.save_safe(model, tmp_path / "same"), IMGSZ)  # exact: accepted
     torch.manual_seed(1)
     other = family.save_safe(load_model("rtdetr-tiny", nc=3), tmp_path / "other")
     with pytest.raises(UserError, match="computes other outputs"):
-        pipeline._require_reloads(model, other, IMGSZ)
+        guards.require_reloads(model, other, IMGSZ)
     assert not other.exists()
 
 
@@ -119,4 +119,4 @@ def test_a_checkpoints_half_precision_anchors_do_not_count_as_a_mismatch(tmp_pat
     model.half().float()  # as in a half-precision checkpoint: weights and cached anchors rounded
     family = family_of(model)
     loaded = load_model(family.save_checkpoint(model, tmp_path / "half.pt"))
-    pipeline._require_reloads(loaded, family.save_safe(loaded, tmp_path / "safe"), IMGSZ)
+    guards.require_reloads(loaded, family.save_safe(loaded, tmp_path / "safe"), IMGSZ)

@@ -28,19 +28,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 
+from rtdetr_prune import guards
 from rtdetr_prune import report as report_md
 from rtdetr_prune.data.yolo import data_batches, load_data, require_same_classes
-from rtdetr_prune.errors import UserError, first_line
+from rtdetr_prune.errors import UserError
 from rtdetr_prune.io.files import new_run_dir, write_csv, write_json
 from rtdetr_prune.measure.stage import stage_metrics, torch_device
 from rtdetr_prune.models import family_of, load_model
 from rtdetr_prune.pruning import rules
-from rtdetr_prune.pruning.analysis import analyse, check_model
+from rtdetr_prune.pruning.analysis import analyse
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
 from rtdetr_prune.pruning.latency_aware import LayerCosts
 from rtdetr_prune.pruning.latency_target import prune_to_latency
@@ -58,18 +58,18 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     run_dir, recipe = _resume(resume) if resume else (None, recipe)
     torch.manual_seed(recipe.seed)  # first: a zoo name builds a randomly initialized model
     method, options = get_method(recipe.method), PruneOptions.from_recipe(recipe.validate())
-    _require(recipe)
+    guards.require(recipe)
     data = load_data(recipe.data)
     model = load_model(recipe.model, nc=len(data["names"]))
     require_same_classes(model, data, recipe.data)
     rules.apply_rewrites(model)
     plan = analyse(model, recipe.round_to)
     if method.needs_sparse_training and recipe.sparse_model:
-        _require_sparse_model(model, recipe)
-    if recipe.distill and not family_of(model).distills:
-        raise UserError(f"--distill is not available for {family_of(model).name} models yet: run without --distill.")
+        guards.require_sparse_model(model, recipe)
+    if recipe.distill:
+        guards.require_distillable(model)
     if run_dir is None:
-        _require_reachable(model, plan, recipe)
+        guards.require_reachable(model, plan, recipe)
         run_dir = new_run_dir(recipe.project, recipe.name)
         save_recipe(recipe, run_dir / "recipe.yaml")
     state = _load_state(run_dir)
@@ -156,7 +156,7 @@ def _sparse_stage(model, method: str, recipe: Recipe, run_dir: Path, probe: dict
                 "scores are the trained model's own, not sparsified ones.")
         LOG.warning(note)
         return {"note": note}
-    if recipe.sparse_model:  # checked at the start (_require_sparse_model)
+    if recipe.sparse_model:  # checked at the start (guards.require_sparse_model)
         return {"checkpoint": recipe.sparse_model}
     family = family_of(model)
     if recipe.sparse_pick in family.sparse_picks:
@@ -233,7 +233,7 @@ def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Pa
     meta = {"method": method.name, "speed_up": result.speed_up, "widths": result.widths}
     family = family_of(result.model)
     family.save_checkpoint(result.model, where / "weights" / "pruned.pt", train_args=_train_args(recipe), meta=meta)
-    _require_reloads(result.model, family.save_safe(result.model, where / "weights" / "pruned_safe", meta=meta),
+    guards.require_reloads(result.model, family.save_safe(result.model, where / "weights" / "pruned_safe", meta=meta),
                      recipe.imgsz)
     measured = _measure(result.model, recipe, run_dir, stage)
     speed_up = base_gflops / measured["gflops"] if base_gflops else result.speed_up
@@ -325,80 +325,6 @@ def _round_rows(recipe: Recipe, state: dict) -> list[dict]:
                      "speed_up": r["pruned"]["speed_up"], "pruned_map50_95": r["pruned"].get("map50_95"),
                      "finetuned_map50_95": (r.get("finetuned") or {}).get("map50_95")})
     return rows
-
-
-def _require(recipe: Recipe) -> None:
-    for key in ("model", "data"):
-        if not getattr(recipe, key):
-            raise UserError(f"--{key} is required (or set '{key}:' in the --config recipe).")
-
-
-def _require_reachable(model, plan, recipe: Recipe) -> None:
-    reachable = check_model(model, recipe.imgsz, recipe.round_to, recipe.max_layer_ratio, plan,
-                            recipe.decoder_parts, recipe.decoder_layers)["max_speed_up"]
-    if recipe.speed_up > reachable:
-        raise UserError(f"--speed-up {recipe.speed_up:g} is out of reach: this model can reach at most {reachable:.2f}x "
-                        f"(round_to={recipe.round_to}, max_layer_ratio={recipe.max_layer_ratio}). Ask for less, "
-                        "or raise --max-layer-ratio.")
-
-
-def _require_sparse_model(model, recipe: Recipe) -> None:
-    """``--sparse-model`` must be this model sparse-trained: same classes, same layers with the same shapes."""
-    sparse = load_model(recipe.sparse_model)
-    rules.apply_rewrites(sparse)  # as the model was
-    family, given = family_of(model), f"--sparse-model '{recipe.sparse_model}'"
-    fix = "Give a checkpoint sparse-trained from --model, or leave --sparse-model out to sparse-train here."
-    nc, nc_sparse = family.num_classes(model), family_of(sparse).num_classes(sparse)
-    if nc_sparse != nc:
-        raise UserError(f"{given} predicts {nc_sparse} classes, --model {nc}. {fix}")
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in sparse.state_dict().items()}
-    for key in [*ours, *theirs]:
-        if ours.get(key) != theirs.get(key):
-            there, here = ("is missing" if k is None else f"has shape {list(k)}" for k in (theirs.get(key), ours.get(key)))
-            raise UserError(f"{given} is not the architecture of --model '{recipe.model}': '{key}' {there} there "
-                            f"but {here} in --model. {fix}")
-
-
-def _require_reloads(model, path: Path, imgsz: int) -> None:
-    """The saved copy at ``path`` must load back (through its family) and compute what ``model`` computes;
-    if not, it is removed and the run stops with why (else it would fail only when a user loads it)."""
-    why = None
-    try:
-        loaded = load_model(path)
-    except UserError as e:
-        why = f"does not load back ({e})"
-    if why is None:
-        x = torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(0))
-        try:
-            change = _output_change(model, loaded, x.to(next(model.parameters()).device))
-        except Exception as e:  # noqa: BLE001 - a rebuilt model that cannot even run is the finding
-            why = f"does not run ({first_line(e)})"
-        else:
-            why = f"computes other outputs (by up to {change:.1e} of their size)" if change > 1e-5 else None
-    if why:
-        shutil.rmtree(path, ignore_errors=True)
-        raise UserError(f"The pruned model's safe copy '{path}' {why}, so it was removed. The safe format rebuilds "
-                        "layers from their tensors' shapes and standard layers' size attributes; a module of your own "
-                        "that caches a width elsewhere is not rebuilt. weights/pruned.pt holds the pruned model (load "
-                        "it with the same --plugin files).")
-
-
-def _output_change(a, b, x: torch.Tensor) -> float:
-    """Largest difference between the eval outputs of two models on ``x``, relative to the outputs' size."""
-    with torch.no_grad():
-        ya, yb = _tensors(a.eval()(x)), _tensors(b.to(x.device).eval()(x))
-    if [t.shape for t in ya] != [t.shape for t in yb]:
-        return float("inf")
-    return max((float((p - q).abs().max() / p.abs().max().clamp_min(1e-12)) for p, q in zip(ya, yb)), default=0.0)
-
-
-def _tensors(out) -> list[torch.Tensor]:
-    """Every tensor in a model's output (nested tuples, lists and dicts), in order."""
-    if isinstance(out, torch.Tensor):
-        return [out.float()]
-    items = out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
-    return [t for item in items for t in _tensors(item)]
 
 
 def _train_args(recipe: Recipe) -> dict:
