@@ -14,13 +14,16 @@ is timed per region (backbone, AIFI, the rest of the encoder, decoder) with forw
 region's conv/linear GFLOPs, and per operator with torch.profiler. ``--threads 1,2`` times every
 backend once per thread count; ``--round-to 8,16,32`` prunes every model once per channel rounding;
 ``--decoder-parts "none;memory,value,ffn,mlp"`` once per set of decoder parts (``;`` between sets, labels
-then name the set); ``--decoder-layers K`` keeps the first K decoder layers of every pruned model.
+then name the set); ``--decoder-layers K`` keeps the first K decoder layers of every pruned model; ``--rankings gflops,onnxruntime``
+prunes every model once per ranking (``gflops``: the engine's default; a backend name: ``--latency-aware`` with the
+per-layer time table measured on that backend; labels then name the ranking).
 
 Usage:
     python benchmarks/latency_vs_flops.py                                   # 640 px, batch 8, both backends
     python benchmarks/latency_vs_flops.py --imgsz 320 --targets 2 --methods lamp --backends torch --repeats 3
     python benchmarks/latency_vs_flops.py --targets 2 --round-to 8,16,32 --threads 1,2 --profile ""
     python benchmarks/latency_vs_flops.py --targets 2 --decoder-parts "none;memory;value;ffn;mlp;memory,value,ffn,mlp"
+    python benchmarks/latency_vs_flops.py --targets 3 --rankings gflops,onnxruntime --backends onnxruntime
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from rtdetr_prune.measure.layers import conv_linear_gflops as layer_gflops  # no
 from rtdetr_prune.models import family_of, load_model  # noqa: E402
 from rtdetr_prune.pruning.analysis.prunable import analyse  # noqa: E402
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target  # noqa: E402
+from rtdetr_prune.pruning.latency_aware import LayerCosts  # noqa: E402
 from rtdetr_prune.pruning.methods import get_method  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -73,6 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="decoder parts to prune, as the recipe's --decoder-parts; several sets separated by ';' "
                    f"(default: the recipe's, {PruneOptions.decoder_parts})")
     p.add_argument("--decoder-layers", type=int, default=0, help="keep the first K decoder layers (0: all)")
+    p.add_argument("--rankings", default="gflops", help="comma-separated: gflops (FLOP ranking) and/or a backend "
+                   "(torch, onnxruntime): latency-aware ranking with a per-layer time table measured on it")
     p.add_argument("--atol", type=float, default=None, help="ONNX-vs-PyTorch tolerance (default: bench's, 1e-3)")
     p.add_argument("--profile", default="lamp 2x", help="comma-separated model labels to profile against the base "
                    "('' for none)")
@@ -88,20 +94,30 @@ def pruned_models(args) -> dict[str, nn.Module]:
     models = {"base": base}
     roundings = [int(r) for r in args.round_to.split(",")]
     variants = [v.strip() for v in args.decoder_parts.split(";")]
+    rankings = [r.strip() for r in args.rankings.split(",")]
+    costs = {r: LayerCosts.measure(base, args.batch, args.imgsz, r) for r in rankings if r != "gflops"}
     for name in args.methods.split(","):
         for target in args.targets.split(","):
             for r in roundings:
                 for parts in variants:
-                    label = (f"{name} {float(target):g}x" + (f" r{r}" if len(roundings) > 1 else "")
-                             + (f" [{parts}]" if len(variants) > 1 else ""))
-                    t0 = time.perf_counter()
-                    if r not in plans:
-                        plans[r] = analyse(base, r)
-                    options = PruneOptions(speed_up=float(target), imgsz=args.imgsz, round_to=r, decoder_parts=parts,
-                                           decoder_layers=args.decoder_layers)
-                    models[label] = prune_to_target(base, get_method(name), options, plan=plans[r]).model
-                    print(f"{label}: {time.perf_counter() - t0:.0f} s", flush=True)
+                    for ranking in rankings:
+                        label = (f"{name} {float(target):g}x" + (f" r{r}" if len(roundings) > 1 else "")
+                                 + (f" [{parts}]" if len(variants) > 1 else "")
+                                 + (f" {_ranking_label(ranking)}" if len(rankings) > 1 else ""))
+                        t0 = time.perf_counter()
+                        if r not in plans:
+                            plans[r] = analyse(base, r)
+                        options = PruneOptions(speed_up=float(target), imgsz=args.imgsz, round_to=r,
+                                               decoder_parts=parts, decoder_layers=args.decoder_layers,
+                                               latency_aware=ranking != "gflops")
+                        models[label] = prune_to_target(base, get_method(name), options, plan=plans[r],
+                                                        costs=costs.get(ranking)).model
+                        print(f"{label}: {time.perf_counter() - t0:.0f} s", flush=True)
     return models
+
+
+def _ranking_label(ranking: str) -> str:
+    return "flop-ranked" if ranking == "gflops" else f"latency-aware ({ranking})"
 
 
 def derived(row: dict) -> dict:

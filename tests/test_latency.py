@@ -4,6 +4,7 @@ is asserted: timed results come from benchmarks/latency_target.py on an idle mac
 import dataclasses
 import itertools
 
+import numpy as np
 import pytest
 from conftest import IMGSZ
 from torch import nn
@@ -14,7 +15,7 @@ from rtdetr_prune.errors import UserError
 from rtdetr_prune.measure import counts
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
 from rtdetr_prune.pruning.latency_aware import LayerCosts, _widths
-from rtdetr_prune.pruning.latency_target import prune_to_latency
+from rtdetr_prune.pruning.latency_target import _next_aim, prune_to_latency
 from rtdetr_prune.pruning.methods import get_method
 from rtdetr_prune.recipe import Recipe
 
@@ -42,6 +43,31 @@ def test_latency_target_lands_in_few_timed_evaluations(tiny, c):
     want = 1 / ((1 / 1.4 - c) / (1 - c))  # the GFLOPs speed-up this line needs for 1.4x in time
     assert out.result.speed_up == pytest.approx(want, rel=0.06)
     assert "measured speed-up" in out.message and f"{out.result.speed_up:.3f}x fewer GFLOPs" in out.message
+
+
+# GFLOPs ratio -> latency ratio of rtdetr-r18 (640 px, batch 8, eager PyTorch, CPU) as measured by
+# benchmarks/latency_target.py: concave at deep cuts, where fixed costs weigh more.
+EAGER_R18 = ([0.1985, 0.2198, 0.2823, 0.333, 1.0], [0.3121, 0.3175, 0.3589, 0.4435, 1.0])
+
+
+def _search(curve, target: float, evaluations: int = 6) -> list[tuple[float, float]]:
+    """The aims prune_to_latency would time on a model whose latency follows ``curve`` exactly (no engine)."""
+    tried, aim = [], target
+    for _ in range(evaluations):
+        g = 1 / aim
+        r = float(np.interp(g, *curve))
+        tried.append((g, r, None))
+        if abs(1 / r / target - 1) <= 0.03:
+            break
+        aim = _next_aim(tried, target)
+    return [(1 / g, 1 / r) for g, r, _ in tried]
+
+
+def test_latency_target_on_a_concave_curve_brackets_instead_of_extrapolating():
+    """Once measurements lie on both sides of the target, the next aim interpolates between them; a secant
+    through two points on one side (the old aim) overshot on this curve and needed a fifth timed candidate."""
+    steps = _search(EAGER_R18, 3.0)
+    assert abs(steps[-1][1] / 3.0 - 1) <= 0.03 and len(steps) <= 4, steps
 
 
 def test_unreachable_latency_target_stops_at_the_model_limit(tiny):

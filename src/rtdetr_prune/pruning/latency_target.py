@@ -9,8 +9,10 @@ along a line that does not go through zero (fixed costs: data movement, small op
 1. Prune to the asked speed-up in GFLOPs (as if c were 0) and time it against the base (:class:`LatencyMeter`).
 2. Fit c from that measurement (the line through it and the base), aim the GFLOPs target where the line meets
    the asked latency ratio, prune again from the base, and time it.
-3. From then on, aim through the two measurements nearest the target (a secant), until one lands within
-   ``tolerance`` of the target (either side: timing noise is of that size) or ``evaluations`` are spent.
+3. From then on, aim through two measurements: the nearest on each side of the target once the target is
+   bracketed (regula falsi: latency is not linear in GFLOPs at deep cuts, and a secant through two points on one
+   side overshoots), else the two nearest (a secant), until one lands within ``tolerance`` of the target
+   (either side: timing noise is of that size) or ``evaluations`` are spent.
 
 The candidate whose measured speed-up is nearest the target (on a log scale) is returned. Each candidate is
 pruned from the base with the same method and seed, so a target reached in GFLOPs always gives the same model.
@@ -33,7 +35,7 @@ from rtdetr_prune.pruning.analysis.prunable import Plan
 from rtdetr_prune.pruning.engine import Batches, PruneOptions, PruneResult, prune_to_target
 from rtdetr_prune.pruning.methods import Method
 
-EVALUATIONS = 4  # timed candidates at most: the first aims blind, the second fits c, the rest refine
+EVALUATIONS = 6  # timed candidates at most: the first aims blind, the second fits c, the rest refine
 MIN_GFLOPS_SPEED_UP = 1.001  # the engine needs a target above 1
 
 
@@ -89,7 +91,11 @@ def _next_aim(tried: list[tuple[float, float, PruneResult]], target: float) -> f
     ``1 / target``; None if the measurements give no usable line."""
     want = 1 / target
     points = sorted([(1.0, 1.0)] + [(f, r) for f, r, _ in tried], key=lambda p: abs(p[1] - want))
-    (f1, r1), (f2, r2) = points[0], next((p for p in points[1:] if abs(p[0] - points[0][0]) > 1e-6), (None, None))
+    faster, slower = [p for p in points if p[1] < want], [p for p in points if p[1] >= want]
+    if faster and slower and len(tried) > 1:  # bracketed by measurements (the base alone brackets nothing useful)
+        (f1, r1), (f2, r2) = faster[0], slower[0]
+    else:
+        (f1, r1), (f2, r2) = points[0], next((p for p in points[1:] if abs(p[0] - points[0][0]) > 1e-6), (None, None))
     if f2 is None or abs(r2 - r1) < 1e-9:
         return None
     f = f1 + (want - r1) * (f2 - f1) / (r2 - r1)  # GFLOPs ratio where the line reaches the wanted latency ratio
