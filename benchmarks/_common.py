@@ -63,6 +63,15 @@ def _cpu_model() -> str:
     return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
 
 
+
+def model_args(p, batch: int | None = 8) -> None:
+    """Add the model flags the timing benchmarks share: --model, --nc, --imgsz, and --batch unless ``batch`` is None."""
+    p.add_argument("--model", default="rtdetr-r18", help="zoo name or checkpoint")
+    p.add_argument("--nc", type=int, default=10, help="classes of a model built from a zoo name")
+    p.add_argument("--imgsz", type=int, default=640, help="image side in pixels")
+    if batch is not None:
+        p.add_argument("--batch", type=int, default=batch, help="images per timed forward pass")
+
 def md_table(head: list[str], rows: list[list]) -> str:
     """A markdown table; the first column left-aligned, the others right-aligned."""
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]

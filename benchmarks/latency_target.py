@@ -37,17 +37,15 @@ from rtdetr_prune.pruning.methods import get_method  # noqa: E402
 from rtdetr_prune.recipe import default  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402
+from _common import (RESULTS, machine, md_machine, md_table, model_args, set_threads,  # noqa: E402
+                     write_results)
 
 WINDOW = 0.05  # the acceptance: within 5% of the asked measured speed-up
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="rtdetr-r18", help="zoo name or checkpoint")
-    p.add_argument("--nc", type=int, default=10, help="classes of a model built from a zoo name")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=8)
+    model_args(p)
     p.add_argument("--method", default="lamp")
     p.add_argument("--targets", default="1.5,2,3", help="comma-separated measured speed-ups")
     p.add_argument("--backends", default="onnxruntime,torch")

@@ -14,8 +14,8 @@ is timed per region (backbone, AIFI, the rest of the encoder, decoder) with forw
 region's conv/linear GFLOPs, and per operator with torch.profiler. ``--threads 1,2`` times every
 backend once per thread count; ``--round-to 8,16,32`` prunes every model once per channel rounding;
 ``--decoder-parts "none;memory,value,ffn,mlp"`` once per set of decoder parts (``;`` between sets, labels
-then name the set); ``--decoder-layers K`` keeps the first K decoder layers of every pruned model; ``--rankings gflops,onnxruntime``
-prunes every model once per ranking (``gflops``: the engine's default; a backend name: ``--latency-aware`` with the
+then name the set); ``--decoder-layers K`` keeps the first K decoder layers of every pruned model;
+``--rankings gflops,onnxruntime`` prunes every model once per ranking (``gflops``: the engine's default; a backend name: ``--latency-aware`` with the
 per-layer time table measured on that backend; labels then name the ranking).
 
 Usage:
@@ -53,17 +53,15 @@ from rtdetr_prune.pruning.latency_aware import LayerCosts  # noqa: E402
 from rtdetr_prune.pruning.methods import get_method  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402
+from _common import (RESULTS, machine, md_machine, md_table, model_args, set_threads,  # noqa: E402
+                     write_results)
 
 GOAL = 1.10  # the target: pruned/base latency at most 1.10x pruned/base GFLOPs
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="rtdetr-r18", help="zoo name or checkpoint")
-    p.add_argument("--nc", type=int, default=10, help="classes of a model built from a zoo name")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=8)
+    model_args(p)
     p.add_argument("--methods", default="lamp,group_norm")
     p.add_argument("--targets", default="1.5,2,3", help="comma-separated GFLOPs speed-ups")
     p.add_argument("--backends", default="torch,onnxruntime")

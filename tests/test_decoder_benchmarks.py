@@ -37,7 +37,21 @@ def test_latency_vs_flops_compares_decoder_part_sets(tmp_path):
 def test_decoder_accuracy_runs_on_the_demo_model(tmp_path):
     import decoder_accuracy
 
-    result = decoder_accuracy.main(["--target", "gflops", "--speed-up", "1.3", "--epochs", "1", "--arms",
-                                    "none;memory,value", "--workdir", str(tmp_path / "runs"), "--out", str(tmp_path)])
+    result = decoder_accuracy.main(["--target", "gflops", "--speed-up", "1.3", "--epochs", "1", "--seeds", "1",
+                                    "--arms", "none;memory,value", "--workdir", str(tmp_path / "runs"),
+                                    "--out", str(tmp_path)])
     assert [r["arm"] for r in result["rows"]] == ["none", "memory,value"]
     assert all(r["retention"] >= 0 for r in result["rows"])
+    assert [a["retention"]["n"] for a in result["summary"]] == [1, 1]
+
+
+def test_decoder_accuracy_compares_each_arm_with_the_first_on_the_same_seed():
+    import decoder_accuracy
+
+    rows = [{"arm": a, "seed": s, "retention": r, "gflops_speed_up": 2.0, "measured_speed_up": None, "minutes": 1.0}
+            for a, s, r in [("none", 0, 0.80), ("none", 1, 0.60), ("all", 0, 0.85), ("all", 1, 0.66)]]
+    summary = {a["arm"]: a for a in decoder_accuracy.summarize(rows, ["none", "all"])}
+    assert summary["none"]["retention"]["mean"] == pytest.approx(0.70)
+    assert summary["none"]["vs_first"]["values"] == [0.0, 0.0]
+    assert summary["all"]["vs_first"]["values"] == pytest.approx([0.05, 0.06])  # paired, not 0.755 - 0.70 per run
+    assert summary["all"]["measured_speed_up"] is None

@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from rtdetr_prune.data.convert.common import write_data_yaml, yolo_line
-from rtdetr_prune.data.synthetic import PixelBox, _prepare_out_dir
-from rtdetr_prune.errors import UserError
+from rtdetr_prune.data.convert.common import yolo_line
+from rtdetr_prune.data.drawn import PixelBox, check_args, place_boxes, write_dataset
 
 CLASSES = ("square", "disc", "triangle", "diamond", "cross", "ring", "star", "hexagon")
 SIZE_RANGE = (0.07, 0.18)  # object side / image side: 11-29 px at 160 px, 45-115 px at 640 px
@@ -138,7 +137,8 @@ def render_clutter(index: int, imgsz: int, seed: int) -> tuple[Image.Image, list
         _distractor(rng, draw, imgsz)
     pixels = np.array(canvas, dtype=np.float32)
     lines = []
-    for box in _place(rng, imgsz, int(rng.integers(OBJECTS[0], OBJECTS[1] + 1))):
+    count = int(rng.integers(OBJECTS[0], OBJECTS[1] + 1))
+    for box in place_boxes(rng, imgsz, count, SIZE_RANGE, GAP, min_side=6, tries=30):
         cls = int(rng.integers(len(CLASSES)))
         x0, y0, x1, y1 = box
         mask = _mask(CLASSES[cls], x1 - x0)
@@ -146,25 +146,6 @@ def render_clutter(index: int, imgsz: int, seed: int) -> tuple[Image.Image, list
         lines.append(yolo_line((cls, *map(float, box)), imgsz, imgsz))
     pixels = pixels + rng.normal(0.0, PIXEL_NOISE, size=pixels.shape)
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)), lines
-
-
-def _place(rng: np.random.Generator, imgsz: int, count: int, tries: int = 30) -> list[PixelBox]:
-    """Up to ``count`` square boxes inside the image, at least :data:`GAP` pixels apart."""
-    lo, hi = (max(int(round(f * imgsz)), 6) for f in SIZE_RANGE)
-    boxes: list[PixelBox] = []
-    for _ in range(count):
-        for _ in range(tries):
-            side = int(rng.integers(lo, hi + 1))
-            x0, y0 = (int(v) for v in rng.integers(0, imgsz - side + 1, size=2))
-            box = (x0, y0, x0 + side, y0 + side)
-            if all(_apart(box, other) for other in boxes):
-                boxes.append(box)
-                break
-    return boxes
-
-
-def _apart(a: PixelBox, b: PixelBox) -> bool:
-    return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
 
 
 def make_clutter(out_dir: str | Path, images: int = 400, imgsz: int = 160, seed: int = 0,
@@ -185,23 +166,6 @@ def make_clutter(out_dir: str | Path, images: int = 400, imgsz: int = 160, seed:
         >>> make_clutter("/tmp/clutter", images=8, imgsz=96)
         PosixPath('/tmp/clutter/data.yaml')
     """
-    if not isinstance(images, int) or not 2 <= images <= 1_000_000:
-        raise UserError(f"images={images!r}: need an integer from 2 (one train and one val image) to 1000000.")
-    if not isinstance(imgsz, int) or not 64 <= imgsz <= 4096:
-        raise UserError(f"imgsz={imgsz!r}: need an integer from 64 to 4096 pixels (objects are 7-18% of it).")
-    if not isinstance(seed, int) or seed < 0:
-        raise UserError(f"seed={seed!r}: need an integer of 0 or more.")
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction={val_fraction!r}: need a number strictly between 0 and 1, e.g. 0.25.")
-    n_val = min(max(round(images * val_fraction), 1), images - 1)
-    out = _prepare_out_dir(Path(out_dir))
-    for split in ("train", "val"):
-        (out / "images" / split).mkdir(parents=True)
-        (out / "labels" / split).mkdir(parents=True)
-    for i in range(images):
-        split = "train" if i < images - n_val else "val"
-        image, labels = render_clutter(i, imgsz, seed)
-        image.save(out / "images" / split / f"{i:05d}.png", compress_level=1)
-        (out / "labels" / split / f"{i:05d}.txt").write_text("".join(line + "\n" for line in labels))
+    n_val = check_args(images, imgsz, seed, val_fraction, min_imgsz=64, why=" (objects are 7-18% of it)")
     params = {"kind": "clutter", "images": images, "imgsz": imgsz, "seed": seed, "val_fraction": val_fraction}
-    return write_data_yaml(out, list(CLASSES), {"train", "val"}, extra={"synthetic": params})
+    return write_dataset(out_dir, images, n_val, lambda i: render_clutter(i, imgsz, seed), list(CLASSES), params)

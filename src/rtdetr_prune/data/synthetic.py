@@ -11,20 +11,16 @@ Example:
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw
 
-from rtdetr_prune.data.convert.common import write_data_yaml, yolo_line
+from rtdetr_prune.data.convert.common import yolo_line
+from rtdetr_prune.data.drawn import PixelBox, check_args, place_boxes, write_dataset
 from rtdetr_prune.errors import UserError, suggest
-
-# x0, y0, x1, y1 in pixels; x1/y1 exclusive, so the shape covers pixels x0..x1-1.
-PixelBox = tuple[int, int, int, int]
 
 # Object side as a fraction of the image side. Large, because mosaic and scale augmentation shrink objects
 # further: on 2 CPU cores, stock Ultralytics training of rtdetr-tiny for 100 epochs reached mAP50 0.74 with
@@ -113,17 +109,8 @@ def make_synthetic(
     """
     names = list(names)
     n_val = _check_args(images, imgsz, seed, val_fraction, names)
-    out = _prepare_out_dir(Path(out_dir))
-    for split in ("train", "val"):
-        (out / "images" / split).mkdir(parents=True)
-        (out / "labels" / split).mkdir(parents=True)
-    for i in range(images):
-        split = "train" if i < images - n_val else "val"
-        image, labels = render_image(i, imgsz, seed, names)
-        image.save(out / "images" / split / f"{i:05d}.png", compress_level=1)  # fast; size barely matters here
-        (out / "labels" / split / f"{i:05d}.txt").write_text("".join(line + "\n" for line in labels))
     params = {"images": images, "imgsz": imgsz, "seed": seed, "val_fraction": val_fraction}
-    return write_data_yaml(out, names, {"train", "val"}, extra={"synthetic": params})
+    return write_dataset(out_dir, images, n_val, lambda i: render_image(i, imgsz, seed, names), names, params)
 
 
 def render_image(index: int, imgsz: int, seed: int, names: list[str]) -> tuple[Image.Image, list[str]]:
@@ -143,7 +130,7 @@ def render_image(index: int, imgsz: int, seed: int, names: list[str]) -> tuple[I
     draw = ImageDraw.Draw(canvas)
     count = 0 if index % EMPTY_EVERY == 5 else int(rng.integers(1, 4))
     lines = []
-    for box in _place_boxes(rng, imgsz, count):
+    for box in place_boxes(rng, imgsz, count, SIZE_RANGE, GAP, min_side=4, tries=50):
         cls = int(rng.integers(len(names)))
         shape = SHAPES[names[cls]]
         jitter = rng.integers(-COLOR_JITTER, COLOR_JITTER + 1, size=3)
@@ -164,60 +151,12 @@ def _background(rng: np.random.Generator, imgsz: int) -> np.ndarray:
     return np.rint(start[0] * (1 - t) + end[0] * t).astype(np.uint8)
 
 
-def _place_boxes(rng: np.random.Generator, imgsz: int, count: int, tries: int = 50) -> list[PixelBox]:
-    """Up to ``count`` square pixel boxes inside the image, at least :data:`GAP` pixels apart."""
-    lo, hi = (max(int(round(f * imgsz)), 4) for f in SIZE_RANGE)
-    boxes: list[PixelBox] = []
-    for _ in range(count):
-        for _ in range(tries):
-            side = int(rng.integers(lo, hi + 1))
-            x0, y0 = (int(v) for v in rng.integers(0, imgsz - side + 1, size=2))
-            box = (x0, y0, x0 + side, y0 + side)
-            if all(_apart(box, other) for other in boxes):
-                boxes.append(box)
-                break
-    return boxes
-
-
-def _apart(a: PixelBox, b: PixelBox) -> bool:
-    return a[2] + GAP <= b[0] or b[2] + GAP <= a[0] or a[3] + GAP <= b[1] or b[3] + GAP <= a[1]
-
-
 def _check_args(images: int, imgsz: int, seed: int, val_fraction: float, names: list[str]) -> int:
     """Validate the arguments of :func:`make_synthetic`; return the number of val images."""
-    if not isinstance(images, int) or not 2 <= images <= 1_000_000:
-        raise UserError(f"images={images!r}: need an integer from 2 (one train and one val image) to 1000000.")
-    if not isinstance(imgsz, int) or not 32 <= imgsz <= 4096:
-        raise UserError(f"imgsz={imgsz!r}: need an integer from 32 to 4096 pixels.")
-    if not isinstance(seed, int) or seed < 0:
-        raise UserError(f"seed={seed!r}: need an integer of 0 or more.")
-    if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction={val_fraction!r}: need a number strictly between 0 and 1, e.g. 0.25.")
+    n_val = check_args(images, imgsz, seed, val_fraction, min_imgsz=32)
     if not names or len(set(names)) != len(names):
         raise UserError(f"names={names!r}: need at least one class name, without repeats.")
     for name in names:
         if name not in SHAPES:
             raise UserError(f"Unknown shape {name!r} in names; choose from {sorted(SHAPES)}.{suggest(name, SHAPES)}")
-    return min(max(round(images * val_fraction), 1), images - 1)
-
-
-def _prepare_out_dir(out: Path) -> Path:
-    """Make ``out`` ready: create it, or clear a dataset that this module wrote there before."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"The output path {out} is a file; give a folder path.")
-    if out.is_dir() and any(out.iterdir()):
-        if not _is_synthetic(out / "data.yaml"):
-            raise UserError(f"The output folder {out} is not empty and not a synthetic dataset; choose a new folder.")
-        for sub in ("images", "labels"):  # labels/ may also hold Ultralytics' *.cache files
-            shutil.rmtree(out / sub, ignore_errors=True)
-        (out / "data.yaml").unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def _is_synthetic(yaml_path: Path) -> bool:
-    try:
-        data = yaml.safe_load(yaml_path.read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "synthetic" in data
+    return n_val
