@@ -72,8 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--baseline", default=None, help="a trained baseline (a safe directory) instead of training one")
     p.add_argument("--epochs", type=int, default=30, help="training epochs after the baseline, for the control and "
                    "every run (sparse epochs included)")
-    p.add_argument("--sparse-epochs", type=int, default=10, help="sparse methods: sparse-training epochs, out of --epochs")
+    p.add_argument("--sparse-epochs", type=int, default=10,
+                   help="sparse methods: sparse-training epochs, out of --epochs")
     p.add_argument("--seeds", default="0,1", help="finetune and pruning seeds, comma-separated")
+    p.add_argument("--distill", action="store_true", help="runs distil from the baseline (the recipe's default loss "
+                   "weights); the control trains without a teacher, as a user's plain finetune would")
     p.add_argument("--round-to", type=int, default=8, help="channel unit (the tiny model's layers are 16-128 wide)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -168,12 +171,12 @@ def control(args, base: dict, data: str, test: str, seed: int, work: Path) -> di
 def run(args, method: str, base: dict, data: str, test: str, seed: int, work: Path) -> dict:
     def make() -> dict:
         sparse = get_method(method).needs_sparse_training
-        name = f"{method}-seed{seed}"
+        name = f"{arm_name(method, args)}-seed{seed}"
         report = rtdetr_prune.prune(model=base["path"], data=data, method=method, speed_up=args.speed_up,
                                     epochs=args.epochs - (args.sparse_epochs if sparse else 0),
                                     sparse_epochs=args.sparse_epochs, imgsz=IMGSZ, batch=BATCH, workers=0,
                                     device=args.device, project=str(work), name=name, round_to=args.round_to,
-                                    latency=False, seed=seed)
+                                    latency=False, seed=seed, distill=args.distill)
         run_dir = Path(report["run_dir"])
         return {"run_dir": str(run_dir), "speed_up": report["speed_up_achieved"], "sparse": sparse,
                 "gflops": {k: report[k]["gflops"] for k in ("baseline", "pruned", "finetuned")},
@@ -181,7 +184,12 @@ def run(args, method: str, base: dict, data: str, test: str, seed: int, work: Pa
                 "pruned_test": test_map(run_dir / "weights" / "pruned_safe", test, args, run_dir / "val-test-pruned"),
                 "finetuned_test": test_map(report_checkpoint(run_dir), test, args, run_dir / "val-test")}
 
-    return cached(work / "rows" / f"{method}-seed{seed}.json", make)
+    return cached(work / "rows" / f"{arm_name(method, args)}-seed{seed}.json", make)
+
+
+def arm_name(method: str, args) -> str:
+    """``lamp``, or ``lamp-kd`` when the runs distil."""
+    return f"{method}-kd" if args.distill else method
 
 
 def report_checkpoint(run_dir: Path) -> str:
@@ -209,10 +217,12 @@ def markdown(result: dict, method: str) -> str:
                      f"{r['pruned_test'][1]:.3f}", f"{r['finetuned_test'][1]:.3f}", f"{r['retention']:.1%}"])
     summary = m["summary"]
     return "\n\n".join([
-        f"## transformers RT-DETR accuracy retention: {s['model']}, {method} {s['speed_up']:g}x, synthetic shapes",
+        f"## transformers RT-DETR accuracy retention: {s['model']}, {method} {s['speed_up']:g}x"
+        + (" with distillation" if s["distill"] else "") + ", synthetic shapes",
         md_machine(result["machine"]),
         f"Command: `{result['command']}` ({result['minutes']:.0f} minutes wall time for this invocation; the pieces "
-        f"it reused from earlier runs took {result['piece_minutes']:.0f} minutes when they ran).",
+        "it needed (baseline, controls, runs; some may come from earlier invocations) took "
+        f"{result['piece_minutes']:.0f} minutes when they were made).",
         f"Data: synthetic shapes at {IMGSZ} px, {NC} classes: {s['train']} train, {s['select']} select (best-epoch "
         f"choice), {s['test']} test images; every mAP below is on the test split. Batch {BATCH}, round_to "
         f"{s['round_to']}, device '{s['device']}'. Baseline {origin}.{plateau} Control: the baseline + {s['epochs']} "
@@ -242,18 +252,20 @@ def main(argv=None) -> dict:
             row = run(args, method, base, data, test, seed, work)
             pieces.append(row)
             c = controls[seed]["test"]
-            rows.append({"seed": seed, **row, "control": c, "retention": row["finetuned_test"][1] / c[1] if c[1] else 0.0})
+            retention = row["finetuned_test"][1] / c[1] if c[1] else 0.0
+            rows.append({"seed": seed, **row, "control": c, "retention": retention})
             print(f"{method} seed {seed}: control {c[1]:.3f}, pruned {row['pruned_test'][1]:.3f}, finetuned "
                   f"{row['finetuned_test'][1]:.3f}, retention {rows[-1]['retention']:.1%}", flush=True)
         methods[method] = {"rows": rows, "summary": summarize(rows)}
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("out", "method")}, "machine": info,
-              "command": "python benchmarks/transformers_accuracy.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "command": "python benchmarks/transformers_accuracy.py "
+              + shlex.join(argv if argv is not None else sys.argv[1:]),
               "baseline": base, "controls": controls, "methods": methods,
               "minutes": (time.perf_counter() - t0) / 60,
               "piece_minutes": sum(p.get("minutes") or 0 for p in pieces)}
     for method in args.methods:
         md = markdown(result, method)
-        write_results(args.out, f"transformers_accuracy_{method}",
+        write_results(args.out, f"transformers_accuracy_{arm_name(method, args).replace('-', '_')}",
                       {**result, "methods": {method: methods[method]}}, md)
         print(md)
     return result

@@ -86,6 +86,30 @@ def test_meter_times_reference_and_candidate_interleaved(tiny):
         LatencyMeter(tiny, backend="onnxruntme")
 
 
+def test_meter_repeats_a_fast_model_within_a_round_and_reports_time_per_image(tiny):
+    clock = itertools.count(step=0.25)  # every pass "takes" 0.25 s by this clock (it advances per reading)
+    meter = LatencyMeter(tiny, batch=2, imgsz=64, backend="torch", warmup=0, repeats=3, threads=1,
+                         timer=lambda: next(clock), min_round_s=1.0)
+    assert meter.calls == 4  # 1.0 s / 0.25 s per pass
+    timing = meter.speed_up(tiny)  # one reading pair per round: 0.25 s for 4 passes of 2 images
+    assert timing.ms == timing.reference_ms == pytest.approx(0.25 / (4 * 2) * 1000) and timing.speed_up == 1.0
+
+
+class NoisyFirstMeter(LineMeter):
+    """A line meter whose first measurement shows no gain at all (timing noise on a small, fast model)."""
+
+    def speed_up(self, model: nn.Module) -> Timing:
+        timing = super().speed_up(model)
+        return Timing(0.99, 1.0, 1.0) if self.measurements == 1 else timing
+
+
+def test_a_measurement_without_gain_sends_the_search_deeper_instead_of_stopping(tiny):
+    meter = NoisyFirstMeter(tiny, 0.3)
+    out = prune_to_latency(tiny, get_method("l1"), PruneOptions(speed_up=1.4, imgsz=IMGSZ, round_to=8), meter)
+    assert len(out.evaluations) >= 2 and out.evaluations[1]["gflops_target"] > out.evaluations[0]["gflops_speed_up"]
+    assert abs(out.measured / 1.4 - 1) <= 0.03, out.evaluations
+
+
 def test_layer_times_cover_the_layers(tiny):
     fused = counts.fused(tiny)
     attention = {n for n, m in fused.named_modules() if isinstance(m, nn.MultiheadAttention)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -310,7 +311,6 @@ def test_sparse_training_runs_through_the_view(hf_tiny, data_yaml, tmp_path):
 @pytest.mark.slow
 def test_acceptance_benchmark_runs_on_the_tiny_model(tmp_path):
     import sys
-    from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     import transformers_acceptance
@@ -322,11 +322,60 @@ def test_acceptance_benchmark_runs_on_the_tiny_model(tmp_path):
     assert (tmp_path / "transformers_acceptance.md").is_file()
 
 
-def test_distill_is_refused_before_anything_is_written(data_yaml, tmp_path):
-    """No distiller for this family yet: the run stops at its start, with the fix, and leaves no run directory."""
+def _teacher(hf_tiny, tmp_path):
+    """hf_tiny as a teacher checkpoint, with a box head that is not zero (transformers starts it at zero)."""
+    from rtdetr_prune.models.transformers.trainer import save_checkpoint
+
+    teacher = copy.deepcopy(hf_tiny)
+    with torch.no_grad():
+        last = teacher.model.enc_bbox_head.layers[-1]
+        last.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    return teacher, save_checkpoint(teacher, tmp_path / "teacher.pt")
+
+
+def test_distillation_is_zero_for_the_teacher_itself_and_its_gradients_reach_the_student_only(hf_tiny, tmp_path):
+    from rtdetr_prune.models.transformers.distiller import TransformersDistiller
+    from rtdetr_prune.train.distill import DistillOptions
+
+    teacher, path = _teacher(hf_tiny, tmp_path)
+    batch = fake_batch()
+    same = DetectionView(copy.deepcopy(teacher).eval())
+    distiller = TransformersDistiller(path, DistillOptions())
+    distiller.attach(same)
+    try:
+        same.loss(batch)  # the student's forward, which the hooks record (and which adds the terms to its loss)
+        terms = distiller.terms(batch["img"])
+    finally:
+        distiller.detach()
+    assert set(terms) == {"loss_kd_feat", "loss_kd_cls", "loss_kd_box"}
+    assert all(abs(float(v.detach())) < 1e-6 for v in terms.values()), terms
+    assert same.distill is None and not same.hf.model.enc_score_head._forward_hooks  # detached cleanly
+
+    pruned = prune_to_target(teacher, get_method("lamp"), PruneOptions(speed_up=1.5, imgsz=IMGSZ)).model
+    student = DetectionView(pruned.train())
+    distiller.attach(student)
+    try:
+        _, items = student.loss(batch)
+        terms = distiller.terms(batch["img"])
+        assert all(float(v) > 0 for v in terms.values()), terms  # a pruned student differs from its teacher
+        sum(terms.values()).backward()
+        assert all(not p.requires_grad and p.grad is None for p in distiller.teacher.parameters())
+        proj = student.hf.model.decoder_input_proj[0][0].weight  # every term reaches the projections' inputs
+        assert proj.grad is not None and proj.grad.abs().sum() > 0
+        assert set(items) == {"giou_loss", "cls_loss", "l1_loss"}  # Ultralytics logs the detection terms only
+    finally:
+        distiller.detach()
+
+
+def test_prune_distills_a_transformers_model_and_keeps_the_teacher_out_of_checkpoints(data_yaml, tmp_path):
     import rtdetr_prune
 
-    with pytest.raises(UserError, match="--distill is not available for transformers"):
-        rtdetr_prune.prune(model="hf-rtdetr-tiny", data=str(data_yaml), method="l1", speed_up=1.2, imgsz=IMGSZ,
-                           round_to=8, epochs=1, distill=True, project=str(tmp_path / "runs"), name="x")
-    assert not (tmp_path / "runs").exists()
+    report = rtdetr_prune.prune(model="hf-rtdetr-tiny", data=str(data_yaml), method="l1", speed_up=1.2,
+                                imgsz=IMGSZ, batch=8, workers=0, round_to=8, epochs=1, distill=True, latency=False,
+                                project=str(tmp_path / "runs"), name="kd")
+    run = Path(report["run_dir"])
+    assert report["finetuned"]["gflops"] == report["pruned"]["gflops"] < report["baseline"]["gflops"]
+    (last,) = [p for p in run.rglob("last.pt") if "finetune" in str(p)]
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    kept = saved["ema"] or saved["model"]
+    assert isinstance(kept, DetectionView) and kept.distill is None  # the teacher is never pickled with the student

@@ -5,6 +5,8 @@ candidates one after another against the same base model. A :class:`LatencyMeter
 (fused, on the device; exported to ONNX and checked against PyTorch for ONNX Runtime) and then, for each
 candidate, runs warm-up and timed rounds alternating reference and candidate (R C R C ...), so that a machine
 whose speed drifts shifts both alike. The ratio is the median over rounds of candidate time / reference time.
+A round of a fast model repeats its forward pass until it lasts about ``min_round_s`` (a small model at a small
+image size runs in milliseconds, where scheduling noise is as large as the time itself).
 
 Example:
     >>> meter = LatencyMeter(base, batch=8, imgsz=640, backend="onnxruntime")
@@ -13,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,6 +26,9 @@ from torch import nn
 
 from rtdetr_prune.bench import onnx as bench_onnx
 from rtdetr_prune.bench.timing import Runner, Timer, interleaved, physical_cores, summarize, torch_runner
+
+MIN_ROUND_S = 0.2  # shortest timed round, seconds: a faster model's pass is repeated within the round
+MAX_CALLS = 1000  # most passes per round
 from rtdetr_prune.errors import UserError, suggest
 from rtdetr_prune.measure import counts
 from rtdetr_prune.models import family_of
@@ -52,11 +58,13 @@ class LatencyMeter:
         repeats: timed rounds per measurement (each times the reference and the candidate once).
         threads: CPU threads (default: the physical cores).
         timer: clock in seconds (injectable for tests).
+        min_round_s: shortest round, seconds; ``calls`` (forward passes per round, found by timing the
+            reference once) is set so the reference's round lasts at least that long.
     """
 
     def __init__(self, reference: nn.Module, batch: int = 8, imgsz: int = 640, backend: str = "torch",
                  device: str = "cpu", warmup: int = 2, repeats: int = 7, threads: int | None = None,
-                 timer: Timer = time.perf_counter):
+                 timer: Timer = time.perf_counter, min_round_s: float = MIN_ROUND_S):
         if backend not in BACKENDS:
             raise UserError(f"Unknown backend '{backend}'.{suggest(backend, BACKENDS)} Choose one of "
                             f"{', '.join(BACKENDS)}.")
@@ -68,17 +76,28 @@ class LatencyMeter:
         self._folder = tempfile.TemporaryDirectory(prefix="rtdetr-meter-")
         self._count = 0
         self.reference = self._runner(reference, "reference")
+        self.calls = self._calls(min_round_s)  # forward passes per timed round
         self.measurements = 0  # timed evaluations so far
 
     def speed_up(self, model: nn.Module) -> Timing:
         """Time ``model`` against the reference (warm-up, then timed rounds, interleaved)."""
         self._count += 1
         runner = self._runner(model, f"candidate{self._count}")
+        runners = [_repeated(r, self.calls) for r in (self.reference, runner)]
         with torch_threads(self.threads):
-            rounds = interleaved([self.reference, runner], self.warmup, self.repeats, self.timer)
-        ref, cand = summarize(rounds, self.batch)
+            rounds = interleaved(runners, self.warmup, self.repeats, self.timer)
+        ref, cand = summarize(rounds, self.batch * self.calls)
         self.measurements += 1
         return Timing(1.0 / cand["latency_ratio"], cand["latency_ms"], ref["latency_ms"])
+
+    def _calls(self, min_round_s: float) -> int:
+        """Forward passes per round: enough for the reference to run ``min_round_s`` (after one warm-up pass)."""
+        with torch_threads(self.threads):
+            self.reference()
+            t0 = self.timer()
+            self.reference()
+            once = self.timer() - t0
+        return 1 if once <= 0 else max(1, min(MAX_CALLS, math.ceil(min_round_s / once)))
 
     def close(self) -> None:
         """Remove the exported ONNX files."""
@@ -94,3 +113,15 @@ class LatencyMeter:
         check = bench_onnx.check_outputs(sess, view, self.x, 1e-3)
         bench_onnx.check_close(label, check.max_abs_diff, 1e-3)
         return bench_onnx.ort_runner(sess, self.x)
+
+
+def _repeated(run: Runner, calls: int) -> Runner:
+    """``run`` called ``calls`` times in a row (one timed round)."""
+    if calls == 1:
+        return run
+
+    def many():
+        for _ in range(calls):
+            run()
+
+    return many

@@ -12,7 +12,9 @@ along a line that does not go through zero (fixed costs: data movement, small op
 3. From then on, aim through two measurements: the nearest on each side of the target once the target is
    bracketed (regula falsi: latency is not linear in GFLOPs at deep cuts, and a secant through two points on one
    side overshoots), else the two nearest (a secant), until one lands within ``tolerance`` of the target
-   (either side: timing noise is of that size) or ``evaluations`` are spent.
+   (either side: timing noise is of that size) or ``evaluations`` are spent. A measurement that shows no gain
+   at all (no faster than the base, or than a shallower candidate) gives no line: the next aim goes half again
+   deeper than the deepest candidate, as long as the target is not reached.
 
 The candidate whose measured speed-up is nearest the target (on a log scale) is returned. Each candidate is
 pruned from the base with the same method and seed, so a target reached in GFLOPs always gives the same model.
@@ -96,8 +98,12 @@ def _next_aim(tried: list[tuple[float, float, PruneResult]], target: float) -> f
         (f1, r1), (f2, r2) = faster[0], slower[0]
     else:
         (f1, r1), (f2, r2) = points[0], next((p for p in points[1:] if abs(p[0] - points[0][0]) > 1e-6), (None, None))
-    if f2 is None or abs(r2 - r1) < 1e-9:
+    if f2 is None:
         return None
+    if (r2 - r1) / (f2 - f1) <= 1e-9:  # pruning did not make it faster: timing noise or fixed costs, no usable line
+        deepest = min(f for f, _, _ in tried)
+        fastest = min(r for _, r, _ in tried)  # the lowest latency ratio measured
+        return 1.5 / deepest if fastest > want else None  # still short of the target: go half again deeper
     f = f1 + (want - r1) * (f2 - f1) / (r2 - r1)  # GFLOPs ratio where the line reaches the wanted latency ratio
     if f >= 1:
         return None

@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from rtdetr_prune.recipe import default, validate
 
@@ -67,6 +68,48 @@ class Points:
     logits: torch.Tensor
     memory: torch.Tensor
     box_head: Callable[[torch.Tensor], torch.Tensor]
+
+
+class Recorder:
+    """Forward hooks that keep a model's latest outputs at the distillation points; each family names its modules.
+
+    Args:
+        input_proj: the decoder's input projections, one per level (outputs (B, hidden, H_l, W_l)).
+        score_head: the encoder's class head over every anchor (output (B, A, nc)).
+        enc_output: the layer whose output (B, A, hidden) the class and box heads read.
+        box_head: the encoder's box head, (B, k, hidden) -> (B, k, 4).
+    """
+
+    def __init__(self, input_proj: Iterable[nn.Module], score_head: nn.Module, enc_output: nn.Module,
+                 box_head: nn.Module):
+        self.feats: dict[int, torch.Tensor] = {}
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = [m.register_forward_hook(self._feat(i)) for i, m in enumerate(input_proj)]
+        self.handles += [score_head.register_forward_hook(self._out("logits")),
+                         enc_output.register_forward_hook(self._out("memory"))]
+        self.box_head = box_head
+
+    def _feat(self, i: int):
+        return lambda module, args, output: self.feats.__setitem__(i, output)
+
+    def _out(self, key: str):
+        return lambda module, args, output: self.out.__setitem__(key, output)
+
+    def points(self) -> Points:
+        """The points of the last forward pass."""
+        feats = [self.feats[i] for i in sorted(self.feats)]
+        return Points(feats, self.out["logits"], self.out["memory"], self.box_head)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def same_place(student: Points, teacher: Points) -> None:
+    """When the decoder's input (memory) width was pruned, the projected features differ in shape: compare the
+    encoder's per-anchor features after ``enc_output`` instead, which keep the decoder's query width (in place)."""
+    if [f.shape for f in student.feats] != [f.shape for f in teacher.feats]:
+        student.feats, teacher.feats = [student.memory], [teacher.memory]
 
 
 def feature_term(student: list[torch.Tensor], teacher: list[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:

@@ -24,7 +24,6 @@ from pathlib import Path
 from torch import nn
 
 from rtdetr_prune import models
-from rtdetr_prune.errors import UserError
 from rtdetr_prune.io.safe import family_name, is_safe_dir
 from rtdetr_prune.models.family import ModelFamily
 
@@ -36,7 +35,6 @@ class TransformersFamily(ModelFamily):
     """HuggingFace transformers' RT-DETR and RT-DETRv2 detectors."""
 
     name = NAME
-    distills = False  # pipeline refuses --distill before anything is written
     library_packages = ("transformers",)
 
     def recognizes(self, spec: str) -> bool:
@@ -121,16 +119,15 @@ class TransformersFamily(ModelFamily):
     def finetune(self, checkpoint, data, epochs, project, name, resume, distill=None, **train) -> Path:
         from rtdetr_prune.models.transformers.trainer import finetune
 
-        _no_distillation(distill)
-        return finetune(checkpoint, data, epochs, project=project, name=name, resume=resume, exist_ok=True, **train)
+        return finetune(checkpoint, data, epochs, project=project, name=name, resume=resume, exist_ok=True,
+                        distill=_distiller(distill), **train)
 
     def sparse_train(self, checkpoint, data, method, epochs, project, name, resume, sparse: dict, distill=None,
                      **train) -> Path:
         from rtdetr_prune.models.transformers.trainer import sparse_train
 
-        _no_distillation(distill)
         return sparse_train(checkpoint, data, method, epochs, project=project, name=name, resume=resume,
-                            exist_ok=True, **sparse, **train)
+                            exist_ok=True, distill=_distiller(distill), **sparse, **train)
 
     def run_status(self, project: Path, name: str, epochs: int) -> str:
         from rtdetr_prune.models.ultralytics.trainer import run_status
@@ -154,9 +151,14 @@ def _hf(model: nn.Module) -> nn.Module:
     return getattr(model, "hf", model)
 
 
-def _no_distillation(distill) -> None:
-    if distill is not None:
-        raise UserError("Distillation is not available for transformers RT-DETR models yet: run without --distill.")
+def _distiller(distill):
+    """A :class:`~rtdetr_prune.models.transformers.distiller.TransformersDistiller` from (teacher path, loss
+    weights), or None."""
+    if distill is None:
+        return None
+    from rtdetr_prune.models.transformers.distiller import TransformersDistiller
+
+    return TransformersDistiller(*distill)
 
 
 def _has_model_type(path: Path) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from rtdetr_prune.errors import UserError
+from rtdetr_prune.models.transformers.distiller import TransformersDistiller
 from rtdetr_prune.models.transformers.view import DetectionView
 from rtdetr_prune.models.ultralytics import checkpoint as ultralytics_checkpoint
 from rtdetr_prune.models.ultralytics.sparse_trainer import SparseTrainer
@@ -79,32 +80,34 @@ def load_checkpoint(path: str | Path) -> nn.Module:
 
 
 def finetune(model_pt, data, epochs: int, imgsz: int, batch: int, device: str, workers: int, project, name: str,
-             seed: int, resume: bool = False, **overrides) -> Path:
+             seed: int, resume: bool = False, distill: TransformersDistiller | None = None, **overrides) -> Path:
     """Finetune a checkpoint at its own widths; return the kept epoch as a safe directory (see module docstring).
 
-    Arguments as for :func:`rtdetr_prune.models.ultralytics.trainer.finetune`.
+    Arguments as for :func:`rtdetr_prune.models.ultralytics.trainer.finetune`; ``distill``: distil from a teacher
+    (:mod:`rtdetr_prune.models.transformers.distiller`).
     """
     args = train_args(model_pt, data, epochs, imgsz, batch, device, workers, project, name, seed, **overrides)
     if resume:
         args["resume"] = str(resumable(Path(args["project"]) / name / "weights" / "last.pt", epochs))
-    trainer = TransformersTrainer(overrides=args)
+    trainer = TransformersTrainer(overrides=args, distill=distill)
     trainer.train()
     return export_kept(trainer.save_dir)
 
 
 def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg: float, reg_schedule: str,
                  imgsz: int, batch: int, device: str, workers: int, project, name: str, seed: int,
-                 round_to: int | None = None, resume: bool = False, **overrides) -> Path:
+                 round_to: int | None = None, resume: bool = False, distill: TransformersDistiller | None = None,
+                 **overrides) -> Path:
     """Sparse-train a checkpoint with a method's penalty; return the kept epoch as a safe directory.
 
-    Arguments as for :func:`rtdetr_prune.models.ultralytics.sparse_trainer.sparse_train`.
+    Arguments as for :func:`rtdetr_prune.models.ultralytics.sparse_trainer.sparse_train` (``distill`` as above).
     """
     unit = {} if round_to is None else {"round_to": round_to}
     options = SparseOptions(method=method, reg=reg, delta_reg=delta_reg, reg_schedule=reg_schedule, **unit)
     args = train_args(model_pt, data, epochs, imgsz, batch, device, workers, project, name, seed, **overrides)
     if resume:
         args["resume"] = str(resumable(Path(args["project"]) / name / "weights" / "last.pt", epochs))
-    trainer = TransformersSparseTrainer(overrides=args, sparse=options)
+    trainer = TransformersSparseTrainer(overrides=args, sparse=options, distill=distill)
     trainer.train()
     return export_kept(trainer.save_dir)
 

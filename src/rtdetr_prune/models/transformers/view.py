@@ -36,6 +36,7 @@ class DetectionView(nn.Module):
         self.task = "detect"
         self.yaml = {"channels": 3, "family": "transformers"}  # what Ultralytics reads from a model's YAML
         self.criterion = None  # Ultralytics models keep their loss object here; the view's loss is transformers'
+        self.distill = None  # while distilling: images (B, 3, H, W) -> {name: weighted term}, added to the loss
 
     def forward(self, x, *args, **kwargs):
         """Detections (B, queries, 6) for images; (loss, loss items) for an Ultralytics training batch."""
@@ -50,8 +51,11 @@ class DetectionView(nn.Module):
         labels in the forward pass, for the denoising queries)."""
         images = batch["img"]
         out = self.hf(pixel_values=images, labels=targets(batch, len(images), images.device))
-        parts = out.loss_dict
-        return out.loss, {"giou_loss": parts["loss_giou"].detach(), "cls_loss": parts["loss_vfl"].detach(),
+        parts, loss = out.loss_dict, out.loss
+        distill = getattr(self, "distill", None)  # views pickled before distillation existed lack the attribute
+        if distill is not None:
+            loss = loss + sum(distill(images).values())
+        return loss, {"giou_loss": parts["loss_giou"].detach(), "cls_loss": parts["loss_vfl"].detach(),
                           "l1_loss": parts["loss_bbox"].detach()}
 
     def set_head_attr(self, **kwargs) -> None:

@@ -27,38 +27,20 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.models.ultralytics.checkpoint import load_pt
-from rtdetr_prune.train.distill import DistillOptions, Points, distill_terms
+from rtdetr_prune.train.distill import DistillOptions, Recorder, distill_terms, same_place
 
 
-class _Recorder:
-    """Forward hooks that keep the latest outputs at the distillation points of one RT-DETR (and its input)."""
+class _Recorder(Recorder):
+    """The distillation points of an Ultralytics RT-DETR, and its input images."""
 
     def __init__(self, model: nn.Module):
         head = model.model[-1]
+        super().__init__(head.input_proj, head.enc_score_head, head.enc_output, head.enc_bbox_head)
         self.images: torch.Tensor | None = None
-        self.feats: dict[int, torch.Tensor] = {}
-        self.out: dict[str, torch.Tensor] = {}
-        self.handles = [model.model[0].register_forward_pre_hook(self._images)]
-        self.handles += [m.register_forward_hook(self._feat(i)) for i, m in enumerate(head.input_proj)]
-        self.handles += [head.enc_score_head.register_forward_hook(self._out("logits")),
-                         head.enc_output.register_forward_hook(self._out("memory"))]
-        self.box_head = head.enc_bbox_head
+        self.handles.append(model.model[0].register_forward_pre_hook(self._images))
 
     def _images(self, module, args):
         self.images = args[0]
-
-    def _feat(self, i: int):
-        return lambda module, args, output: self.feats.__setitem__(i, output)
-
-    def _out(self, key: str):
-        return lambda module, args, output: self.out.__setitem__(key, output)
-
-    def points(self) -> Points:
-        return Points([self.feats[i] for i in sorted(self.feats)], self.out["logits"], self.out["memory"], self.box_head)
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 class DistillCriterion(nn.Module):
@@ -112,10 +94,7 @@ class Distiller:
             self.teacher.predict(images.to(next(self.teacher.parameters()).dtype))
         k = int(self._model.model[-1].num_queries)
         student, teacher = self._student.points(), self._teacher.points()
-        if [f.shape for f in student.feats] != [f.shape for f in teacher.feats]:
-            # the decoder's input (memory) width was pruned: compare the encoder's per-anchor features after
-            # enc_output instead, which keep the decoder's query width (same shape in both models)
-            student.feats, teacher.feats = [student.memory], [teacher.memory]
+        same_place(student, teacher)
         terms = distill_terms(student, teacher, self.options, k)
         return {name: value.float() for name, value in terms.items()}
 
