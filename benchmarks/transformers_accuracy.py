@@ -26,7 +26,8 @@ Usage:
     python benchmarks/transformers_accuracy.py --base-epochs 20 --epochs 5 --seeds 0   # a quick look
     python benchmarks/transformers_accuracy.py --method group_taylor --baseline runs/.../baseline/weights/best_safe
 
-Results: results/transformers_accuracy_<method>.md and .json.
+Results: results/transformers_accuracy_<method>[_kd].md and .json (kept in the repo under
+results/transformers_accuracy/<N>ep/).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from rtdetr_prune.models.transformers.trainer import finetune, save_checkpoint  
 from rtdetr_prune.pruning.methods import get_method  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _accuracy_report import cell, mean_ci  # noqa: E402
 from _common import RESULTS, machine, md_machine, md_table, set_threads, write_results  # noqa: E402
 
 IMGSZ, BATCH, NC = 160, 16, 3
@@ -200,7 +202,7 @@ def summarize(rows: list[dict]) -> dict:
     r = [row["retention"] for row in rows]
     mean = sum(r) / len(r)
     return {"retention_mean": mean, "retention_min": min(r), "retention_max": max(r), "passes": mean >= 0.95,
-            "seeds": len(r)}
+            "seeds": len(r), "ci": mean_ci(r)}
 
 
 def markdown(result: dict, method: str) -> str:
@@ -228,8 +230,8 @@ def markdown(result: dict, method: str) -> str:
         f"{s['round_to']}, device '{s['device']}'. Baseline {origin}.{plateau} Control: the baseline + {s['epochs']} "
         f"epochs; run: prune + {sparse} (the same total).",
         md_table(["seed", "baseline", "control", "speed-up", "pruned", "pruned + finetuned", "retention"], rows),
-        f"Retention (finetuned / control mAP50-95, same seed): mean {summary['retention_mean']:.1%} over "
-        f"{summary['seeds']} seed(s) (min {summary['retention_min']:.1%}, max {summary['retention_max']:.1%}); "
+        f"Retention (finetuned / control mAP50-95, same seed): mean {cell(summary['ci'])} (95% interval, points) "
+        f"over {summary['seeds']} seed(s) (min {summary['retention_min']:.1%}, max {summary['retention_max']:.1%}); "
         f"{'passes' if summary['passes'] else 'fails'} the 95% bar. Each run's report.md (baseline, pruned and "
         "finetuned stages on the select split) is in its run directory (the JSON's run_dir).",
     ])

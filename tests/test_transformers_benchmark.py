@@ -23,6 +23,7 @@ def test_summary_is_the_mean_over_seeds_and_the_bar_is_95_percent():
     s = bench.summarize([{"retention": 0.90}, {"retention": 1.00}])
     assert s["retention_mean"] == pytest.approx(0.95) and s["passes"]
     assert (s["retention_min"], s["retention_max"], s["seeds"]) == (0.90, 1.00, 2)
+    assert s["ci"]["mean"] == pytest.approx(0.95) and s["ci"]["half_width"] > 0.05  # two seeds 10 points apart
     assert not bench.summarize([{"retention": 0.94}])["passes"]
 
 

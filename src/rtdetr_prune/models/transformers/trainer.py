@@ -21,7 +21,6 @@ from pathlib import Path
 from torch import nn
 
 from rtdetr_prune.errors import UserError
-from rtdetr_prune.models.transformers.distiller import TransformersDistiller
 from rtdetr_prune.models.transformers.view import DetectionView
 from rtdetr_prune.models.ultralytics import checkpoint as ultralytics_checkpoint
 from rtdetr_prune.models.ultralytics.sparse_trainer import SparseTrainer
@@ -80,7 +79,7 @@ def load_checkpoint(path: str | Path) -> nn.Module:
 
 
 def finetune(model_pt, data, epochs: int, imgsz: int, batch: int, device: str, workers: int, project, name: str,
-             seed: int, resume: bool = False, distill: TransformersDistiller | None = None, **overrides) -> Path:
+             seed: int, resume: bool = False, distill=None, **overrides) -> Path:
     """Finetune a checkpoint at its own widths; return the kept epoch as a safe directory (see module docstring).
 
     Arguments as for :func:`rtdetr_prune.models.ultralytics.trainer.finetune`; ``distill``: distil from a teacher
@@ -96,7 +95,7 @@ def finetune(model_pt, data, epochs: int, imgsz: int, batch: int, device: str, w
 
 def sparse_train(model_pt, data, method: str, epochs: int, reg: float, delta_reg: float, reg_schedule: str,
                  imgsz: int, batch: int, device: str, workers: int, project, name: str, seed: int,
-                 round_to: int | None = None, resume: bool = False, distill: TransformersDistiller | None = None,
+                 round_to: int | None = None, resume: bool = False, distill=None,
                  **overrides) -> Path:
     """Sparse-train a checkpoint with a method's penalty; return the kept epoch as a safe directory.
 
