@@ -96,6 +96,15 @@ class Adapter(ABC):
         parts always pruned (backbone, encoder)."""
         return None
 
+    def query_selection(self) -> tuple[nn.Module, int] | None:
+        """The score head whose (B, anchors, classes) output ranks anchors for a top-k query selection inside
+        :meth:`trial_outputs`, and k; None if the compared outputs involve no such selection (default).
+
+        Two anchors whose scores are within float rounding of each other may swap places in the top-k when
+        zeroed channels are removed (summation order changes the last bits), which permutes the decoder's
+        queries although nothing was mis-pruned; the trial then picks an input without such near-ties."""
+        return None
+
     def trial_outputs(self, images):
         """What the zeroed-channel trial compares before and after removing channels (a list of tensors), in
         eval mode. Default: :meth:`region`'s outputs; a family whose traced groups reach further (a decoder

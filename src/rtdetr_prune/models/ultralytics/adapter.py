@@ -111,6 +111,10 @@ class RTDETRAdapter(Adapter):
                 h.remove()
         return [*dec.decoder_links(self.decoder, memory), *raw[:4]]
 
+    def query_selection(self) -> tuple[nn.Module, int]:
+        """The decoder ranks anchors by their best class score (``enc_score_head``) and keeps ``num_queries``."""
+        return self.decoder.enc_score_head, self.decoder.num_queries
+
     def keep_decoder_layers(self, k: int) -> int:
         """Keep the first ``k`` decoder layers (see :func:`~rtdetr_prune.models.ultralytics.decoder.keep_layers`)."""
         removed = dec.keep_layers(self.model, k)
