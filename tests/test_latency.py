@@ -70,6 +70,16 @@ def test_latency_target_on_a_concave_curve_brackets_instead_of_extrapolating():
     assert abs(steps[-1][1] / 3.0 - 1) <= 0.03 and len(steps) <= 4, steps
 
 
+def test_the_same_model_timed_twice_does_not_make_the_line_and_breaks_nothing():
+    """Regression: two timings of one model (the engine at its limit returns the same cut for a deeper aim) on
+    both sides of the target were taken as the bracket, and the line between them divided by zero."""
+    want = 1 / 1.3
+    tried = [(0.75, want + 0.01, None), (0.75, want - 0.01, None)]
+    aim = _next_aim(tried, 1.3)  # the line through the base and this GFLOPs ratio instead
+    r = np.mean([r for _, r, _ in tried])
+    assert aim == pytest.approx(1 / (1 + (want - 1) * (0.75 - 1) / (r - 1)), rel=0.05)
+
+
 def test_unreachable_latency_target_stops_at_the_model_limit(tiny):
     meter = LineMeter(tiny, 0.8)  # at most 1.25x in time, whatever the GFLOPs
     out = prune_to_latency(tiny, get_method("l1"), PruneOptions(speed_up=1.5, imgsz=IMGSZ, round_to=8), meter)

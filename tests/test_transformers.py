@@ -162,6 +162,15 @@ def test_check_prunes_heads_and_keeps_the_embedding_width(hf_tiny):
     assert [p["layer"] for p in report["protected"]] == ["model.decoder"]
 
 
+@pytest.mark.parametrize("option", [{"decoder_parts": "memory,ffn"}, {"decoder_layers": 2}])
+def test_decoder_options_are_refused_not_ignored(hf_tiny, option):
+    """The decoder options are Ultralytics-only so far: asking for them here must stop with a way out."""
+    with pytest.raises(UserError, match="transformers models .*(--decoder-parts none|leave it at 0)"):
+        check_model(hf_tiny, imgsz=IMGSZ, **option)
+    with pytest.raises(UserError, match="transformers models"):
+        prune_to_target(hf_tiny, get_method("l1"), PruneOptions(speed_up=1.2, imgsz=IMGSZ, **option))
+
+
 def test_the_trial_refuses_heads_cut_across(hf_tiny, monkeypatch):
     """Were channels removed singly, the rest would be regrouped into other heads: the zeroed-channel trial
     must catch it (it runs the model with the channels removed), so whole heads are not a mere convention."""

@@ -151,6 +151,7 @@ class ModelFamily(ABC):
     library_packages: tuple[str, ...] = ()  # top-level packages of its library: modules from these are not "custom"
     sparse_picks: tuple[str, ...] = ("best",)  # the recipe's --sparse-pick values :meth:`sparse_checkpoint` serves
     distills: bool = True  # its finetune and sparse_train take ``distill=`` (a teacher checkpoint and loss weights)
+    decoder_parts: tuple[str, ...] = ()  # the --decoder-parts its adapter's group_part names (none: decoder kept whole)
 
     # --- recognizing and loading -------------------------------------------------------------------
     @abstractmethod

@@ -27,7 +27,7 @@ from rtdetr_prune.measure import counts as metrics
 from rtdetr_prune.models import family_of
 from rtdetr_prune.progress import progress
 from rtdetr_prune.pruning import rules
-from rtdetr_prune.pruning.analysis.parts import restrict
+from rtdetr_prune.pruning.analysis.parts import require_support, restrict
 from rtdetr_prune.pruning.analysis.prunable import Plan, Skip, analyse
 from rtdetr_prune.pruning.graph import TracedGraph, trace
 from rtdetr_prune.pruning.latency_aware import LayerCosts
@@ -111,6 +111,7 @@ def prune_to_target(
         raise ValueError(f"method '{method.name}' scores channels with gradients: pass `batches` of data")
     if options.latency_aware and costs is None:
         raise ValueError("latency_aware ranking needs `costs`: a LayerCosts table measured on the device")
+    require_support(model, options.decoder_parts, options.decoder_layers)
     unit = max(1, options.round_to)
     model = copy.deepcopy(model).eval().requires_grad_(True)  # finished Ultralytics checkpoints come frozen
     rules.apply_rewrites(model)  # users' output-preserving rewrites (no-op if none registered)

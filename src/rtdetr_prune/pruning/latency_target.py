@@ -94,12 +94,14 @@ def _next_aim(tried: list[tuple[float, float, PruneResult]], target: float) -> f
     want = 1 / target
     points = sorted([(1.0, 1.0)] + [(f, r) for f, r, _ in tried], key=lambda p: abs(p[1] - want))
     faster, slower = [p for p in points if p[1] < want], [p for p in points if p[1] >= want]
+    pair = None
     if faster and slower and len(tried) > 1:  # bracketed by measurements (the base alone brackets nothing useful)
-        (f1, r1), (f2, r2) = faster[0], slower[0]
-    else:
-        (f1, r1), (f2, r2) = points[0], next((p for p in points[1:] if abs(p[0] - points[0][0]) > 1e-6), (None, None))
-    if f2 is None:
+        pair = faster[0], _other_gflops(faster[0], slower)
+    if pair is None or pair[1] is None:  # the same model timed twice brackets nothing either
+        pair = points[0], _other_gflops(points[0], points[1:])
+    if pair[1] is None:
         return None
+    (f1, r1), (f2, r2) = pair
     if (r2 - r1) / (f2 - f1) <= 1e-9:  # pruning did not make it faster: timing noise or fixed costs, no usable line
         deepest = min(f for f, _, _ in tried)
         fastest = min(r for _, r, _ in tried)  # the lowest latency ratio measured
@@ -110,3 +112,8 @@ def _next_aim(tried: list[tuple[float, float, PruneResult]], target: float) -> f
     if f <= 0:  # the line never gets there: go half again past the deepest candidate (the engine stops at its limit)
         return 1.5 / min(f for f, _, _ in tried)
     return max(MIN_GFLOPS_SPEED_UP, 1 / f)
+
+
+def _other_gflops(p: tuple[float, float], points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """The first of ``points`` (GFLOPs ratio, latency ratio) at another GFLOPs ratio than ``p``'s, or None."""
+    return next((q for q in points if abs(q[0] - p[0]) > 1e-6), None)

@@ -30,6 +30,7 @@ from rtdetr_prune.models.ultralytics.checkpoint import load_pt, save_checkpoint
 from rtdetr_prune.models.ultralytics.evaluate import val_map
 from rtdetr_prune.models.ultralytics.safe import load_safe, save_safe
 from rtdetr_prune.models.ultralytics.zoo import ZOO, build
+from rtdetr_prune.recipe import DECODER_PARTS
 
 NAME = "ultralytics"
 
@@ -40,6 +41,7 @@ class UltralyticsFamily(ModelFamily):
     name = NAME
     library_packages = ("ultralytics",)
     sparse_picks = ("best", "last", "prunable")
+    decoder_parts = DECODER_PARTS
 
     def recognizes(self, spec: str) -> bool:
         path = Path(spec)

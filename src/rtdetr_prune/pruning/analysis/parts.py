@@ -15,6 +15,10 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
+from torch import nn
+
+from rtdetr_prune.errors import UserError
+from rtdetr_prune.models import adapter_of, family_of
 from rtdetr_prune.pruning.analysis.prunable import Plan, Skip
 from rtdetr_prune.recipe import decoder_parts, validate
 
@@ -31,6 +35,20 @@ def restrict(plan: Plan, parts: str) -> Plan:
              for k in off]
     return dataclasses.replace(plan, prunable=[k for k in plan.prunable if k not in set(off)],
                                skipped=[*plan.skipped, *skips])
+
+
+def require_support(model: nn.Module, parts: str, layers: int) -> None:
+    """Raise :class:`UserError` if ``model``'s family cannot do what ``--decoder-parts parts`` and
+    ``--decoder-layers layers`` ask, rather than leave its decoder whole without a word."""
+    family = family_of(model)
+    missing = [p for p in decoder_parts(parts) if p not in family.decoder_parts]
+    if missing:
+        raise UserError(f"--decoder-parts {parts}: {family.name} models do not prune decoder part(s) "
+                        f"{', '.join(missing)} (their decoder is kept whole); "
+                        f"use --decoder-parts {','.join(family.decoder_parts) or 'none'}")
+    if layers and not adapter_of(model).decoder_layers():
+        raise UserError(f"--decoder-layers {layers}: {family.name} models cannot drop decoder layers; "
+                        "leave it at 0 (all layers)")
 
 
 def part_keys(plan: Plan, part: str) -> list[str]:
