@@ -53,7 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decoder-parts", default=default("decoder_parts"), help="as the recipe's --decoder-parts")
     p.add_argument("--latency-aware", action="store_true", help="rank channels by a measured per-layer time table")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per timed candidate")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds per candidate (the search)")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds per candidate at least (the search)")
+    p.add_argument("--max-repeats", type=int, default=None, help="timed rounds per candidate at most, while the "
+                   "rounds disagree by more than 2%% (default 3 x --repeats)")
+    p.add_argument("--no-confirm", action="store_true", help="accept a candidate on its first timing")
     p.add_argument("--check-repeats", type=int, default=10, help="timed rounds of the independent re-measurement")
     p.add_argument("--out", default=str(RESULTS))
     return p.parse_args(argv)
@@ -66,9 +69,10 @@ def one_run(base, plan, args, backend: str, target: float) -> dict:
                            latency_aware=args.latency_aware)
     costs = LayerCosts.measure(base, args.batch, args.imgsz, backend, args.device) if args.latency_aware else None
     meter = LatencyMeter(base, batch=args.batch, imgsz=args.imgsz, backend=backend, device=args.device,
-                         warmup=args.warmup, repeats=args.repeats)
+                         warmup=args.warmup, repeats=args.repeats, max_repeats=args.max_repeats)
     try:
-        out = prune_to_latency(base, get_method(args.method), options, meter, plan=plan, costs=costs)
+        out = prune_to_latency(base, get_method(args.method), options, meter, plan=plan, costs=costs,
+                               confirm=not args.no_confirm)
     finally:
         meter.close()
     search_s = time.perf_counter() - t0
@@ -88,11 +92,19 @@ def markdown(result: dict) -> str:
     rows = [[r["backend"], f"{r['target']:g}x", f"{r['measured']:.3f}x", f"{r['remeasured']:.3f}x",
              f"{r['gflops_speed_up']:.3f}x", len(r["evaluations"]), f"{r['search_s']:.0f}",
              "yes" if r["within"] else "no"] for r in result["rows"]]
+    steps = [f"- {r['backend']} {r['target']:g}x: " + "; ".join(_step(e) for e in r["evaluations"])
+             for r in result["rows"]]
     return "\n".join([f"## Latency target: {s['model']} at {s['imgsz']} px, batch {s['batch']}, {s['device']}, "
                       f"{s['method']}, decoder parts {s['decoder_parts']}"
                       f"{', latency-aware' if s['latency_aware'] else ''}", "", md_machine(result["machine"]),
                       f"; load average before {result['load_before']}, after {result.get('load_after', '?')}", "",
-                      md_table(head, rows)])
+                      md_table(head, rows), "", "Timed candidates (GFLOPs speed-up -> measured speed-up; each "
+                      "timing's ~95% interval half-width and rounds; a landing is timed twice):", "", *steps])
+
+
+def _step(e: dict) -> str:
+    timings = ", ".join(f"{t['speed_up']:.3f}x ±{t['spread']:.1%} ({t['rounds']} rounds)" for t in e.get("timings", []))
+    return f"{e['gflops_speed_up']:.3f}x -> {e['measured_speed_up']:.3f}x" + (f" [{timings}]" if timings else "")
 
 
 def headline(result: dict) -> str:

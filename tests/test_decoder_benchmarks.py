@@ -18,6 +18,7 @@ def test_latency_target_runs_on_the_tiny_model(tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == result["headline"]
     row = result["rows"][0]
     assert 1 <= len(row["evaluations"]) <= 4 and row["gflops_speed_up"] > 1
+    assert all(1 <= len(e["timings"]) <= 2 and e["timings"][0]["rounds"] >= 1 for e in row["evaluations"])
     assert row["within"] == (abs(row["remeasured"] / 1.3 - 1) <= 0.05)
     assert json.loads((tmp_path / "latency_target.json").read_text())["headline"] == result["headline"]
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from rtdetr_prune.bench.layer_times import layer_times
 from rtdetr_prune.bench.meter import LatencyMeter, Timing
+from rtdetr_prune.bench.timing import median_interval
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.measure import counts
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
@@ -39,7 +40,8 @@ def test_latency_target_lands_in_few_timed_evaluations(tiny, c):
     meter = LineMeter(tiny, c)
     out = prune_to_latency(tiny, get_method("l1"), PruneOptions(speed_up=1.4, imgsz=IMGSZ, round_to=8), meter)
     assert abs(out.measured / 1.4 - 1) <= 0.03, out.evaluations
-    assert meter.measurements == len(out.evaluations) <= 3
+    assert len(out.evaluations) <= 3 and meter.measurements == len(out.evaluations) + 1  # the landing, timed twice
+    assert len(out.evaluations[-1]["timings"]) == 2 and all(len(e["timings"]) == 1 for e in out.evaluations[:-1])
     want = 1 / ((1 / 1.4 - c) / (1 - c))  # the GFLOPs speed-up this line needs for 1.4x in time
     assert out.result.speed_up == pytest.approx(want, rel=0.06)
     assert "measured speed-up" in out.message and f"{out.result.speed_up:.3f}x fewer GFLOPs" in out.message
@@ -118,6 +120,67 @@ def test_a_measurement_without_gain_sends_the_search_deeper_instead_of_stopping(
     out = prune_to_latency(tiny, get_method("l1"), PruneOptions(speed_up=1.4, imgsz=IMGSZ, round_to=8), meter)
     assert len(out.evaluations) >= 2 and out.evaluations[1]["gflops_target"] > out.evaluations[0]["gflops_speed_up"]
     assert abs(out.measured / 1.4 - 1) <= 0.03, out.evaluations
+
+
+class LuckyFirstMeter(LineMeter):
+    """A line meter whose first timing says exactly ``lucky`` (a noisy machine's lucky reading), then the truth."""
+
+    def __init__(self, reference: nn.Module, c: float, lucky: float):
+        super().__init__(reference, c)
+        self.lucky = lucky
+
+    def speed_up(self, model: nn.Module) -> Timing:
+        timing = super().speed_up(model)
+        return Timing(self.lucky, 1.0, 1.0) if self.measurements == 1 else timing
+
+
+def test_a_lucky_timing_is_confirmed_before_the_search_stops(tiny):
+    """The first candidate's true speed-up is 1.25x (c = 0.3, 1.4x fewer GFLOPs); its first timing says 1.4x.
+    Without the second timing the search accepts it; with it, the mean of both (1.32x) is outside the window and
+    the search goes on to a candidate that is really at 1.4x."""
+    options = PruneOptions(speed_up=1.4, imgsz=IMGSZ, round_to=8)
+    blind = prune_to_latency(tiny, get_method("l1"), options, LuckyFirstMeter(tiny, 0.3, 1.4), confirm=False)
+    assert len(blind.evaluations) == 1 and blind.measured == 1.4  # accepted a model that runs at 1.25x
+    out = prune_to_latency(tiny, get_method("l1"), options, LuckyFirstMeter(tiny, 0.3, 1.4))
+    first = out.evaluations[0]
+    assert [t["speed_up"] for t in first["timings"]] == [1.4, pytest.approx(1.25, rel=0.02)]
+    assert first["measured_speed_up"] == pytest.approx((1.4 * 1.25) ** 0.5, rel=0.02)
+    assert len(out.evaluations) >= 2 and abs(out.measured / 1.4 - 1) <= 0.03, out.evaluations
+    assert out.result.speed_up > blind.result.speed_up  # deeper in GFLOPs, as the true line needs
+
+
+def _clock(durations):
+    """A timer whose consecutive start/stop readings are ``durations`` apart (seconds), pair after pair."""
+    now, readings = 0.0, []
+    for d in durations:
+        readings += [now, now + d]
+        now += d + 1.0
+    it = iter(readings)
+    return lambda: next(it)
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_meter_times_more_rounds_while_they_disagree(tiny, noisy):
+    """Reference 1.0 s per round; the candidate 0.5 s, or 0.5 and 0.7 s in turn (the rounds disagree by 17%):
+    steady rounds stop at ``repeats``, disagreeing ones go on to ``max_repeats`` and report their spread."""
+    cand = [0.5, 0.7] * 10 if noisy else [0.5] * 20
+    durations = [1.0] + [d for c in cand for d in (1.0, c)]  # the calls probe, then reference/candidate rounds
+    meter = LatencyMeter(tiny, batch=1, imgsz=64, backend="torch", warmup=0, repeats=3, threads=1,
+                         timer=_clock(durations), max_repeats=9)
+    timing = meter.speed_up(tiny)
+    assert meter.calls == 1
+    if noisy:
+        assert timing.rounds == 9 and timing.spread == pytest.approx((0.7 - 0.5) / 2 / 0.5)  # median of 5x0.5, 4x0.7
+        assert timing.speed_up == pytest.approx(2.0)
+    else:
+        assert timing.rounds == 3 and timing.spread == 0 and timing.speed_up == pytest.approx(2.0)
+
+
+def test_median_interval_is_order_statistics_around_the_median():
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # few values: the extremes
+    xs = list(range(100))
+    lo, hi = median_interval(xs)
+    assert (lo, hi) == (39, 60)  # k = int(50 - 9.8) = 40: the 40th smallest (39) and 40th largest (60)
 
 
 def test_layer_times_cover_the_layers(tiny):

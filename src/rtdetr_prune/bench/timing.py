@@ -69,6 +69,22 @@ def summarize(rounds: list[list[float]], batch: int) -> list[dict]:
     return out
 
 
+def median_interval(values: Sequence[float]) -> tuple[float, float]:
+    """A distribution-free ~95% interval for the median of ``values``: two order statistics around it.
+
+    The k-th smallest and k-th largest values with k = floor(n/2 - 0.98 sqrt(n)) (at least 1), the normal
+    approximation to the binomial interval of the median: no assumption on how the times are spread (a round
+    that a neighbour's job slowed is an outlier, not a Gaussian tail).
+
+    Example:
+        >>> median_interval([1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.0])
+        (0.9, 1.1)
+    """
+    xs = sorted(values)
+    k = max(1, int(len(xs) / 2 - 0.98 * len(xs) ** 0.5))
+    return xs[k - 1], xs[-k]
+
+
 def torch_runner(model: nn.Module, x: torch.Tensor) -> Runner:
     """One inference-mode forward pass of ``model`` on ``x``, synchronized when on CUDA."""
 
