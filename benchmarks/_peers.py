@@ -11,7 +11,9 @@
   with a FLOPs constraint, BatchNorm calibration on training batches and mAP50-95 on val images as the
   score. It cannot trace Ultralytics' RT-DETR as a whole (:data:`FASTNAS_WHOLE_MODEL`); it is run on the same
   traced region as ours, whose convs it can search. Its settings are its defaults, except the channel
-  divisor, which is set to our ``round_to`` when its default (32) leaves no subnet at the target.
+  divisor, which is set to our ``round_to`` when its default (32) leaves no subnet at the target. The score
+  is taken on an exported copy of each candidate subnet (:func:`_static`): Ultralytics' validator fuses
+  Conv+BN in place, which corrupts FastNAS's live dynamic modules (an IndexError in its search otherwise).
 
 Both return the pruned model and a record (achieved GFLOPs, wall seconds, what was changed from defaults).
 Neither peer is installed with rtdetr-prune: ``pip install nvidia-modelopt torchprofile==0.0.4``.
@@ -77,8 +79,9 @@ def torch_pruning_magnitude(model: nn.Module, speed_up: float, imgsz: int, steps
     model = copy.deepcopy(model).eval().requires_grad_(True)
     base = params_and_gflops(model, imgsz)[1]
     region = EncoderOnly(model)
-    pruner = tp.pruner.MetaPruner(region, torch.zeros(1, 3, imgsz, imgsz), importance=tp.importance.MagnitudeImportance(p=2),
-                                  pruning_ratio=max_ratio, iterative_steps=steps, ignored_layers=_ignored(model))
+    pruner = tp.pruner.MetaPruner(region, torch.zeros(1, 3, imgsz, imgsz),
+                                  importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=max_ratio,
+                                  iterative_steps=steps, ignored_layers=_ignored(model))
     gflops, taken = base, 0
     for taken in range(1, steps + 1):
         pruner.step()
@@ -130,7 +133,7 @@ def modelopt_fastnas(model: nn.Module, speed_up: float, imgsz: int, calib: list[
     history = []
     for _ in range(tries):
         trial = copy.deepcopy(model)
-        config = {"data_loader": [(x,) for x in calib], "score_func": lambda region: score(region.det),
+        config = {"data_loader": [(x,) for x in calib], "score_func": lambda region: score(_static(region).det),
                   "checkpoint": checkpoint, "max_iter_data_loader": len(calib)}
         region, _ = mtp.prune(EncoderOnly(trial), mode=mode, constraints={"flops": keep * theirs},
                               dummy_input=dummy, config=config)
@@ -145,9 +148,25 @@ def modelopt_fastnas(model: nn.Module, speed_up: float, imgsz: int, calib: list[
     info = {"peer": "modelopt_fastnas", "speed_up": base / gflops, "gflops": gflops, "tries": history,
             "seconds": time.perf_counter() - t0,
             "settings": "mtp.prune(mode='fastnas', constraints={'flops': ...}) on the traced region, BatchNorm "
-                        f"calibration on {len(calib)} training batches, score_func = mAP50-95 on val images"
+                        f"calibration on {len(calib)} training batches, score_func = mAP50-95 on val images (of an "
+                        "exported copy of each subnet)"
                         + ("" if divisor is None else f", channel_divisor={divisor} (its default 32 cannot reach it)")}
     return pruned.eval(), info
+
+
+def _static(region: nn.Module) -> nn.Module:
+    """A plain copy of the subnet FastNAS has active (``modelopt.torch.nas.export`` of a copy), for its score.
+
+    During the search FastNAS hands ``score_func`` its live search model: dynamic modules whose channels it has
+    sorted by importance, each slicing its full weight with an index list on every read. Ultralytics' validator
+    fuses Conv+BN in place (``fuse_conv_and_bn`` assigns ``conv.weight``); on a dynamic conv that stores the
+    already sliced weight in the full one's place, and the next forward indexes it again with the full-width
+    index list: ``IndexError: index 15 is out of bounds for dimension 0 with size 8``. Exported, the copy holds
+    ordinary ``nn.Conv2d``/``nn.BatchNorm2d`` at the active widths, which fuse as Ultralytics expects.
+    """
+    import modelopt.torch.nas as mtn
+
+    return mtn.export(copy.deepcopy(region))
 
 
 def _region_share(model: nn.Module, imgsz: int) -> float:
