@@ -67,6 +67,8 @@ class Arm:
     distill: bool = False
     schedule: str = "oneshot"
     pick: str = "best"  # sparse methods only
+    bn_images: int | None = None  # --bn-images (None: the recipe's default)
+    sensitivity: int | None = None  # --sensitivity (None: the recipe's default)
 
     @property
     def peer(self) -> bool:
@@ -81,20 +83,50 @@ class Arm:
         """The recipe, without the target: 'lamp+kd', 'lamp+kd iterative', 'group_reg+kd pick=last', 'tp_magnitude'."""
         text = self.method + ("+kd" if self.distill else "")
         text += " iterative" if self.schedule == "iterative" else ""
-        return text + (f" pick={self.pick}" if self.sparse else "")
+        text += f" pick={self.pick}" if self.sparse else ""
+        text += f" bn={self.bn_images}" if self.bn_images is not None else ""
+        return text + (f" sens={self.sensitivity}" if self.sensitivity is not None else "")
+
+    @property
+    def recipe_options(self) -> dict:
+        """The recipe options this arm sets beyond the method, target, distillation, schedule and pick."""
+        return {k: getattr(self, k) for k in ("bn_images", "sensitivity") if getattr(self, k) is not None}
 
     def at(self, target: float) -> "Arm":
         return dataclasses.replace(self, target=target)
 
+    @classmethod
+    def parse(cls, label: str, target: float = 2.0) -> "Arm":
+        """The arm a label names ('lamp+kd iterative', 'group_reg pick=last', 'l1 bn=0'); inverse of :attr:`label`."""
+        head, *words = label.split()
+        method, distill = head.removesuffix("+kd"), head.endswith("+kd")
+        arm = cls(method, target, distill=distill)
+        for w in words:
+            key, _, value = w.partition("=")
+            if w == "iterative":
+                arm = dataclasses.replace(arm, schedule="iterative")
+            elif key in _WORDS and value:
+                arm = dataclasses.replace(arm, **{_WORDS[key]: value if key == "pick" else int(value)})
+            else:
+                raise SystemExit(f"--arms: cannot read '{w}' in '{label}' (words: iterative, pick=best|last|prunable, "
+                                 "bn=N, sens=N)")
+        if arm.label != label.strip() and not arm.peer:
+            raise SystemExit(f"--arms: '{label}' reads as '{arm.label}'; give it that way")
+        return arm
+
+
+_WORDS = {"pick": "pick", "bn": "bn_images", "sens": "sensitivity"}  # label words -> Arm fields
+
 
 # Candidates for the default, all run at 2x (phase 1). Chosen to answer the issue's questions, not every combination:
 # distillation alone (lamp with and without), one-shot against iterative (lamp+kd), which sparse epoch to prune
-# (group_reg+kd: best, last, prunable, from one sparse-training run), and the other method families.
+# (group_reg+kd: best, last, prunable, from one sparse-training run), the other method families, and BatchNorm
+# recalibration after pruning (lamp with and without; every other arm recalibrates, the recipe's default).
 QUICK_CANDIDATES = [
     Arm("lamp", 2.0), Arm("lamp", 2.0, distill=True), Arm("lamp", 2.0, distill=True, schedule="iterative"),
     Arm("group_norm", 2.0, distill=True), Arm("l1", 2.0, distill=True),
     Arm("group_reg", 2.0, distill=True, pick="prunable"), Arm("group_reg", 2.0, distill=True, pick="best"),
-    Arm("group_reg", 2.0, distill=True, pick="last"),
+    Arm("group_reg", 2.0, distill=True, pick="last"), Arm("lamp", 2.0, bn_images=0),
 ]
 FULL_CANDIDATES = QUICK_CANDIDATES + [
     Arm("group_taylor", 2.0, distill=True), Arm("group_hessian", 2.0, distill=True), Arm("random", 2.0, distill=True),
@@ -125,7 +157,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None)
     p.add_argument("--decoder-parts", default="none", help="our runs' --decoder-parts (default none: the region the "
                    "peers prune, and the decoder inputs distillation compares keep their width)")
-    p.add_argument("--arms", default=None, help="only these candidate labels at 2x, comma-separated (e.g. 'lamp+kd')")
+    p.add_argument("--arms", default=None, help="run these recipes as the candidates at 2x instead of the profile's, "
+                   "comma-separated labels (e.g. 'lamp+kd,l1 bn=0': method[+kd] [iterative] [pick=P] [bn=N] [sens=N])")
+    p.add_argument("--no-twin", action="store_true", help="phase 2 without the winner's distillation twin")
     p.add_argument("--peers", default="tp_magnitude,fastnas", help="peers to run at 2x ('' for none)")
     p.add_argument("--calibrate", action="store_true", help="also train the half-width proxy from scratch")
     p.add_argument("--threads", type=int, default=None)
@@ -139,9 +173,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     args.targets = [float(t) for t in str(args.targets).split(",")]
     args.peers = [x.strip() for x in args.peers.split(",") if x.strip()]
-    if args.arms:
-        wanted = {a.strip() for a in args.arms.split(",")}
-        args.candidates = [a for a in args.candidates if a.label in wanted]
+    if args.arms:  # any recipe, not only the profile's candidates
+        args.candidates = [Arm.parse(a.strip()) for a in args.arms.split(",") if a.strip()]
     return args
 
 
@@ -253,7 +286,7 @@ class Cell:
                                  sparse_epochs=a.sparse_epochs, schedule=arm.schedule, rounds=a.rounds,
                                  distill=arm.distill, sparse_pick=arm.pick, imgsz=a.imgsz, batch=a.batch, workers=0,
                                  device=a.device, project=str(self.work), name=name, round_to=a.round_to,
-                                 latency=False, val=False, seed=self.seed, **extra)
+                                 latency=False, val=False, seed=self.seed, **extra, **arm.recipe_options)
         run = Path(rep["run_dir"])
         if arm.sparse and "sparse_model" not in extra:  # this sparse training serves best and last too
             self.sparse.setdefault((arm.method, arm.distill), run / "sparse")
@@ -356,7 +389,8 @@ def main(argv=None) -> dict:
             rows.append(_log(cell.run(arm)))
     best = winner(report.summarize(rows, datasets), args.candidates)
     twin = dataclasses.replace(best, distill=not best.distill)
-    phase2 = [best.at(t) for t in args.targets if t != 2.0] + [twin.at(t) for t in args.targets]
+    phase2 = [best.at(t) for t in args.targets if t != 2.0]
+    phase2 += [] if args.no_twin else [twin.at(t) for t in args.targets]
     phase2 += [Arm(peer, 2.0) for peer in args.peers]
     done = {(r["arm"], r["target"]) for r in rows}
     for arm in phase2:  # phase 2: the winner and its distillation twin at every target; the peers at 2x

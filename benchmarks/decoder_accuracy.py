@@ -66,13 +66,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def arm(spec: str) -> dict:
-    """'memory,value@2/la' -> {'decoder_parts': 'memory,value', 'decoder_layers': 2, 'latency_aware': True}."""
+    """'memory,value@2/la' -> {'decoder_parts': 'memory,value', 'decoder_layers': 2, 'latency_aware': True,
+    'sensitivity': 0} (latency-aware ranking replaces the sensitivity profile)."""
     spec, _, ranking = spec.partition("/")
     if ranking.strip() not in ("", "la"):
         raise SystemExit(f"arm {spec!r}: the part after '/' must be 'la' (latency-aware ranking), got {ranking!r}")
     parts, _, layers = spec.partition("@")
-    return {"decoder_parts": parts.strip() or "none", "decoder_layers": int(layers or 0),
-            "latency_aware": ranking.strip() == "la"}
+    aware = ranking.strip() == "la"
+    return {"decoder_parts": parts.strip() or "none", "decoder_layers": int(layers or 0), "latency_aware": aware,
+            **({"sensitivity": 0} if aware else {})}
 
 
 def main(argv=None) -> dict:

@@ -16,7 +16,7 @@ SCHEMA_STAGE = {"params", "gflops", "size_mb", "map50", "map50_95", "latency_ms"
 def test_prune_command_writes_run_directory(data_yaml, tmp_path, capsys, method):
     args = ["prune", "--model", "rtdetr-tiny", "--data", data_yaml, "--method", method, "--speed-up", "1.5",
             "--epochs", "0", "--imgsz", "160", "--batch", "4", "--workers", "0", "--grad-batches", "2",
-            "--project", str(tmp_path), "--name", "run"]
+            "--project", str(tmp_path), "--name", "run", "--sensitivity", "0"]  # the profile: test_sensitivity.py
     assert main(args) == 0
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
@@ -54,7 +54,7 @@ def test_python_api_and_safe_format(data_yaml, tmp_path, capsys):
     import rtdetr_prune
 
     report = rtdetr_prune.prune(model="rtdetr-tiny", data=data_yaml, method="l1", speed_up=1.4, epochs=0, imgsz=160,
-                                batch=4, workers=0, latency=False, project=str(tmp_path), name="api")
+                                batch=4, workers=0, latency=False, project=str(tmp_path), name="api", sensitivity=0)
     assert 1.4 <= report["speed_up_achieved"] <= 1.4 * 1.03 and report["pruned"]["latency_ms"] is None
     safe = tmp_path / "api" / "weights" / "pruned_safe"
     assert (safe / "model.json").is_file() and (safe / "model.safetensors").is_file()

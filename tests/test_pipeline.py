@@ -16,12 +16,13 @@ STAGES = ("params", "gflops", "size_mb", "map50", "map50_95", "latency_ms")
 
 def _args(data_yaml, project, name, method, *extra):
     return ["prune", "--model", "rtdetr-tiny", "--data", data_yaml, "--method", method, "--speed-up", "1.5",
-            "--imgsz", "160", "--batch", "4", "--workers", "0", "--project", str(project), "--name", name, *extra]
+            "--imgsz", "160", "--batch", "4", "--workers", "0", "--project", str(project), "--name", name,
+            "--sensitivity", "0", *extra]  # each run here tests stages and resume; the profile: test_sensitivity.py
 
 
 def test_sparse_and_plain_methods_end_to_end_then_compare(data_yaml, tmp_path, capsys):
     assert main(_args(data_yaml, tmp_path, "slim", "slim", "--sparse-epochs", "1", "--epochs", "1")) == 0
-    assert main(_args(data_yaml, tmp_path, "lamp", "lamp", "--epochs", "1")) == 0
+    assert main(_args(data_yaml, tmp_path, "lamp", "lamp", "--epochs", "1", "--sensitivity", "8")) == 0
     for name in ("slim", "lamp"):
         run = tmp_path / name
         report = json.loads((run / "report.json").read_text())

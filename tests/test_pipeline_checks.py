@@ -24,7 +24,7 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 def _recipe(data_yaml, tmp_path, **kw) -> Recipe:
     base = dict(model="rtdetr-tiny", data=data_yaml, method="l1", speed_up=1.3, imgsz=IMGSZ, batch=4, workers=0,
-                round_to=8, epochs=0, val=False, latency=False, project=str(tmp_path), name="run")
+                round_to=8, epochs=0, val=False, latency=False, project=str(tmp_path), name="run", sensitivity=0)
     return Recipe().updated({**base, **kw})
 
 

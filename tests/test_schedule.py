@@ -39,7 +39,8 @@ def test_a_step_always_moves_toward_the_target():
 
 def _recipe(data_yaml, tmp_path, name, **extra) -> Recipe:
     options = dict(model="rtdetr-tiny", data=data_yaml, method="l1", speed_up=1.5, epochs=2, imgsz=160, batch=4,
-                   workers=0, device="cpu", project=str(tmp_path), name=name, round_to=8, latency=False, val=False)
+                   workers=0, device="cpu", project=str(tmp_path), name=name, round_to=8, latency=False, val=False,
+                   sensitivity=0)  # rounds and widths here; the profile: test_sensitivity.py
     return Recipe(**{**options, **extra})
 
 

@@ -62,7 +62,7 @@ def test_prunable_needs_a_probe(tmp_path):
 def test_the_pipeline_prunes_the_picked_epoch_and_records_it(data_yaml, tmp_path):
     recipe = Recipe(model="rtdetr-tiny", data=data_yaml, method="slim", speed_up=1.3, epochs=0, sparse_epochs=1,
                     sparse_pick="last", imgsz=IMGSZ, batch=4, workers=0, device="cpu", project=str(tmp_path),
-                    name="last", round_to=8, latency=False, val=False)
+                    name="last", round_to=8, latency=False, val=False, sensitivity=0)
     prune(recipe)
     state = json.loads((tmp_path / "last" / "state.json").read_text())
     assert state["sparse"]["pick"] == "last" and state["sparse"]["checkpoint"].endswith("sparse/weights/last.pt")

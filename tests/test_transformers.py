@@ -310,7 +310,7 @@ def test_sparse_training_runs_through_the_view(hf_tiny, data_yaml, tmp_path):
 
     hf_tiny.save_pretrained(tmp_path / "hf-tiny")
     report = rtdetr_prune.prune(model=str(tmp_path / "hf-tiny"), data=data_yaml, method="slim", speed_up=1.5,
-                                sparse_epochs=1, epochs=0, imgsz=IMGSZ, batch=4, workers=0,
+                                sparse_epochs=1, epochs=0, imgsz=IMGSZ, batch=4, workers=0, sensitivity=0,
                                 project=str(tmp_path / "runs"), latency=False, device="cpu")
     run = tmp_path / "runs" / "exp"
     assert (run / "sparse" / "sparsity.csv").is_file() and (run / "sparse" / "weights" / "best_safe").is_dir()
@@ -381,7 +381,7 @@ def test_prune_distills_a_transformers_model_and_keeps_the_teacher_out_of_checkp
 
     report = rtdetr_prune.prune(model="hf-rtdetr-tiny", data=str(data_yaml), method="l1", speed_up=1.2,
                                 imgsz=IMGSZ, batch=8, workers=0, round_to=8, epochs=1, distill=True, latency=False,
-                                project=str(tmp_path / "runs"), name="kd")
+                                project=str(tmp_path / "runs"), name="kd", sensitivity=0)
     run = Path(report["run_dir"])
     assert report["finetuned"]["gflops"] == report["pruned"]["gflops"] < report["baseline"]["gflops"]
     (last,) = [p for p in run.rglob("last.pt") if "finetune" in str(p)]

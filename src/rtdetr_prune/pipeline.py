@@ -38,14 +38,16 @@ from rtdetr_prune.data.yolo import data_batches, load_data, require_same_classes
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.io.files import new_run_dir, write_csv, write_json
 from rtdetr_prune.measure.stage import stage_metrics, torch_device
-from rtdetr_prune.models import family_of, load_model
+from rtdetr_prune.models import adapter_of, family_of, load_model
 from rtdetr_prune.pruning import rules
 from rtdetr_prune.pruning.analysis import analyse
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
 from rtdetr_prune.pruning.latency_aware import LayerCosts
 from rtdetr_prune.pruning.latency_target import prune_to_latency
 from rtdetr_prune.pruning.methods import get_method
+from rtdetr_prune.pruning.recalibrate import recalibrate_batchnorm
 from rtdetr_prune.pruning.schedule import round_epochs, round_targets, step_target
+from rtdetr_prune.pruning.sensitivity import Sensitivity, loss_damage
 from rtdetr_prune.recipe import Recipe, load_recipe, save_recipe
 from rtdetr_prune.train.distill import DistillOptions
 from rtdetr_prune.train.sparsity import SparseOptions
@@ -214,19 +216,22 @@ def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Pa
         write_csv(where / "history.csv", rows)
 
     latency, costs = None, None
+    sensitivity = _sensitivity(recipe, data)
     if recipe.latency_aware:  # the per-layer time table, measured once on the run's device and runtime
         costs = LayerCosts.measure(model, recipe.latency_batch, recipe.imgsz, recipe.backend,
                                    torch_device(recipe.device))
     if recipe.target == "latency":  # measured: the GFLOPs engine, aimed by timing against the model (one-shot only)
-        latency = prune_to_latency(model, method, options, _meter(model, recipe), batches, plan, costs=costs)
+        latency = prune_to_latency(model, method, options, _meter(model, recipe), batches, plan, costs=costs,
+                                   sensitivity=sensitivity)
         result = latency.result
         for row in result.history:
             on_step(row)
         LOG.info(latency.message)
     else:
         result = prune_to_target(model, method, options, batches, plan, on_step=on_step, original_widths=original,
-                                 costs=costs)
+                                 costs=costs, sensitivity=sensitivity)
     LOG.info(result.message)
+    calibrated = _recalibrate(result.model, recipe, data)
     order = {name: i for i, (name, _) in enumerate(result.model.named_modules())}  # network order
     write_csv(where / "widths.csv", [{"group": k, "original": w, "pruned": result.widths.get(k, w)}
                                      for k, w in sorted(result.original_widths.items(), key=lambda kw: order.get(kw[0], 0))])
@@ -239,11 +244,32 @@ def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Pa
     speed_up = base_gflops / measured["gflops"] if base_gflops else result.speed_up
     stage = {**measured, "speed_up": round(speed_up, 4), "steps": result.steps, "message": result.message,
              "skipped": [{"layer": s.layer, "reason": s.reason} for s in result.skipped],
-             "original_widths": result.original_widths}
+             "original_widths": result.original_widths, "bn_images": calibrated}
     if latency is not None:  # measured and GFLOPs speed-ups side by side (report.json; report.md's notes)
         stage.update(speed_up_measured=round(latency.measured, 4), latency_evaluations=latency.evaluations,
                      note=latency.message)
     return stage
+
+
+def _sensitivity(recipe: Recipe, data: dict) -> Sensitivity | None:
+    """--sensitivity N: a profile measured with the detection loss on N evenly spaced training images."""
+    if recipe.sensitivity == 0:
+        return None
+    batches = list(data_batches(data, recipe.imgsz, recipe.batch, workers=0, spread=recipe.sensitivity)())
+    return Sensitivity(loss_damage(batches, torch_device(recipe.device)))
+
+
+def _recalibrate(model, recipe: Recipe, data: dict) -> int:
+    """Re-estimate the pruned model's BatchNorm statistics on ``--bn-images`` training images (the adapter's traced
+    region holds every BatchNorm the engine's cuts can shift); return how many images were used."""
+    if recipe.bn_images == 0:
+        return 0
+    batches = data_batches(data, recipe.imgsz, recipe.batch, workers=0, spread=recipe.bn_images)
+    images = recalibrate_batchnorm(model, adapter_of(model).region(), batches, recipe.bn_images,
+                                   torch_device(recipe.device))
+    if images:
+        LOG.info("BatchNorm statistics re-estimated on %d training images", images)
+    return images
 
 
 def _meter(model, recipe: Recipe):

@@ -63,11 +63,14 @@ def _as_list(value) -> list:
     return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def data_batches(data: dict, imgsz: int, batch: int = 8, split: str = "train", workers: int = 0) -> Callable[[], Iterator[dict]]:
+def data_batches(data: dict, imgsz: int, batch: int = 8, split: str = "train", workers: int = 0,
+                 spread: int | None = None) -> Callable[[], Iterator[dict]]:
     """A function that yields preprocessed batches of ``split`` (no augmentation), for importance scores.
 
     Each batch is Ultralytics' training batch: ``img`` (B, 3, imgsz, imgsz) float in [0, 1], and the
-    targets ``batch_idx``, ``cls``, ``bboxes`` (normalized xywh) that ``model.loss`` reads.
+    targets ``batch_idx``, ``cls``, ``bboxes`` (normalized xywh) that ``model.loss`` reads. ``spread``: only
+    that many images, evenly spaced over the split (datasets stored sequence by sequence, as VisDrone is,
+    would otherwise give their first scenes only); None: every image, in order.
     """
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_dataloader
@@ -78,7 +81,10 @@ def data_batches(data: dict, imgsz: int, batch: int = 8, split: str = "train", w
                             rect=False, cache=None, prefix="importance: ", data=data)
     if len(dataset) == 0:
         raise UserError(f"The {split} split has no images. Add images and labels, or point the YAML at another folder.")
-    loader = build_dataloader(dataset, batch, workers, shuffle=False)
+    if spread is None:
+        loader = build_dataloader(dataset, batch, workers, shuffle=False)
+    else:
+        loader = _spread(dataset, batch, spread)
 
     def batches() -> Iterator[dict]:
         for b in loader:
@@ -86,3 +92,12 @@ def data_batches(data: dict, imgsz: int, batch: int = 8, split: str = "train", w
             yield b
 
     return batches
+
+
+def _spread(dataset, batch: int, images: int):
+    """A loader over ``images`` evenly spaced images of ``dataset`` (all of them if it has fewer), in order."""
+    from torch.utils.data import DataLoader, Subset
+
+    n = len(dataset)
+    keep = sorted({int(i * n / images) for i in range(min(images, n))})
+    return DataLoader(Subset(dataset, keep), batch_size=batch, shuffle=False, collate_fn=dataset.collate_fn)

@@ -2,7 +2,8 @@
 
 Each step: trace the current model, score every prunable group with the method's criterion,
 turn scores into *units* (``round_to`` channels of one group, least important first), pick this
-step's units (a share of each group, or the globally least important), and apply them to a copy.
+step's units (a share of each group, or the globally least important; or, with a measured
+:mod:`~rtdetr_prune.pruning.sensitivity` profile, the whole way at once by damage per GFLOP), and apply them to a copy.
 If the copy overshoots the target by more than ``tolerance``, the step is shrunk: a bisection over
 how many of its units (taken least important first) to apply. The caller's model is never changed.
 
@@ -33,6 +34,7 @@ from rtdetr_prune.pruning.graph import TracedGraph, trace
 from rtdetr_prune.pruning.latency_aware import LayerCosts
 from rtdetr_prune.pruning.methods import Method
 from rtdetr_prune.pruning.planner import FlopPlanner
+from rtdetr_prune.pruning.sensitivity import Sensitivity
 from rtdetr_prune.pruning.units import Unit, choose_global, choose_local, group_units
 from rtdetr_prune.recipe import default, validate
 
@@ -90,6 +92,7 @@ def prune_to_target(
     on_step: Callable[[dict], None] | None = None,
     original_widths: dict[str, int] | None = None,
     costs: LayerCosts | None = None,
+    sensitivity: Sensitivity | None = None,
 ) -> PruneResult:
     """Prune a copy of ``model`` until ``options.speed_up`` is reached (or no step can help).
 
@@ -106,6 +109,9 @@ def prune_to_target(
             from those widths, not from ``model``'s. Default: ``model``'s own widths.
         costs: the per-layer time table ``options.latency_aware`` ranks by (measured on ``model``'s device and
             runtime, :meth:`~rtdetr_prune.pruning.latency_aware.LayerCosts.measure`).
+        sensitivity: choose the first step's units by measured sensitivity, the whole way to the target
+            (:class:`~rtdetr_prune.pruning.sensitivity.Sensitivity`), instead of a share of each group; later
+            steps, if any are needed, are the usual ones.
     """
     if method.needs_gradients and batches is None:
         raise ValueError(f"method '{method.name}' scores channels with gradients: pass `batches` of data")
@@ -134,6 +140,9 @@ def prune_to_target(
             torch.manual_seed(options.seed + step)
             units, pool, level = _step_units(graph, plan.prunable, method, options, orig, unit, batches, model,
                                              level + 1, costs if options.latency_aware else None)
+        if sensitivity is not None and step == 1:  # the whole way, by measured damage per GFLOP
+            units = sensitivity.choose(model, _by_group(pool), lambda m, us: _apply(m, plan, us),
+                                       FlopPlanner(graph, model, options.imgsz, flops), base / options.speed_up)
         if not units:
             message = (f"stopped at {speed:.3f}x: every prunable group is at its limit "
                        f"(max_layer_ratio={options.max_layer_ratio}, round_to={unit})")
@@ -209,6 +218,14 @@ def _step_units(graph, keys, method, options, orig, unit, batches, model, level,
         chosen, level = choose_local(candidates, orig, options.step_ratio, level)
     pool = [u for _, units in candidates for u in units]
     return sorted(chosen, key=lambda u: u.score), pool, level
+
+
+def _by_group(pool: list[Unit]) -> list[list[Unit]]:
+    """``pool``'s units grouped by their group, each group's in its own order (least important first)."""
+    groups: dict[str, list[Unit]] = {}
+    for u in pool:
+        groups.setdefault(u.key, []).append(u)
+    return list(groups.values())
 
 
 def _apply(model: nn.Module, plan: Plan, units: list[Unit]) -> nn.Module:

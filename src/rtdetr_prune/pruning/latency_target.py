@@ -58,7 +58,7 @@ class LatencyResult:
 
 def prune_to_latency(model: nn.Module, method: Method, options: PruneOptions, meter, batches: Batches | None = None,
                      plan: Plan | None = None, evaluations: int = EVALUATIONS, costs=None,
-                     confirm: bool = True) -> LatencyResult:
+                     confirm: bool = True, sensitivity=None) -> LatencyResult:
     """Prune a copy of ``model`` until its measured speed-up reaches ``options.speed_up`` (see the module docstring).
 
     Args:
@@ -69,13 +69,15 @@ def prune_to_latency(model: nn.Module, method: Method, options: PruneOptions, me
         evaluations: most candidates to time.
         costs: the per-layer time table for ``options.latency_aware`` (as for :func:`prune_to_target`).
         confirm: time a candidate that lands in the window once more before accepting it.
+        sensitivity: as for :func:`prune_to_target` (its profile is measured once and reused for every candidate).
     """
     target, tol = options.speed_up, max(options.tolerance, 0.01)
     tried: list[tuple[float, float, PruneResult]] = []  # (GFLOPs ratio, latency ratio, result)
     evals: list[dict] = []
     aim = target
     for _ in range(evaluations):
-        result = prune_to_target(model, method, dataclasses.replace(options, speed_up=aim), batches, plan, costs=costs)
+        result = prune_to_target(model, method, dataclasses.replace(options, speed_up=aim), batches, plan, costs=costs,
+                                 sensitivity=sensitivity)
         timings = [meter.speed_up(result.model)]
         if confirm and _within(timings[0].speed_up, target, tol):
             timings.append(meter.speed_up(result.model))  # a fresh timing before accepting it
