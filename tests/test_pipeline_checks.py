@@ -106,7 +106,13 @@ def test_random_prune_stage_resumed_in_a_fresh_process_picks_the_same_channels(d
     subprocess.run([sys.executable, "-m", "rtdetr_prune", "prune", "--resume", str(run)], check=True, timeout=600,
                    env={**os.environ, "RTDETR_PRUNE_QUIET": "1"}, capture_output=True)
     again = read_safe(run / "weights" / "pruned_safe")[1]
-    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert first.keys() == again.keys()
+    for k in first:  # the same channels: equal weights; BatchNorm statistics re-estimated in another process (its
+        # thread count can change float summation order, so the last bits)
+        if "running_" in k:
+            torch.testing.assert_close(first[k], again[k], rtol=1e-4, atol=1e-6, msg=k)
+        else:
+            assert torch.equal(first[k], again[k]), k
 
 
 def test_a_checkpoints_half_precision_anchors_do_not_count_as_a_mismatch(tmp_path):

@@ -150,9 +150,10 @@ class Recipe:
                                "loss with only that group pruned a third, two thirds and fully, after BatchNorm "
                                "recalibration); every group's width is then chosen by loss added per GFLOP saved. "
                                "At 2x on the accuracy benchmark it kept 94% of the control's mAP50-95 against 87% for "
-                               "equal shares (docs/benchmarks.md, 3e). Costs 3 loss passes over these images per "
-                               "group (58 groups in rtdetr-r18: minutes on a GPU, hours on a CPU at 640 px). 0: every "
-                               "group loses the same share (or --global-pruning's ranking)", _from_to(0, 1_000_000))
+                               "equal shares (docs/benchmarks.md, 3e). Costs 3 x (BatchNorm + loss pass) over these "
+                               "images per group, once per run (rtdetr-r18: 58 groups, 174 trials; the 160 px proxy's "
+                               "34 groups took 2 minutes on 2 CPU cores). 0: every group loses the same share (or "
+                               "--global-pruning's ranking)", _from_to(0, 1_000_000))
     bn_images: int = _option(256, "training images (evenly spaced over the split) to re-estimate BatchNorm "
                              "statistics on right after pruning, before finetuning: removed channels shift every "
                              "later layer's activations, and stale statistics cost most of the pruned model's mAP "
