@@ -69,6 +69,8 @@ class Arm:
     pick: str = "best"  # sparse methods only
     bn_images: int | None = None  # --bn-images (None: the recipe's default)
     sensitivity: int | None = None  # --sensitivity (None: the recipe's default)
+    sensitivity_steps: int | None = None  # --sensitivity-steps (None: the recipe's default)
+    decoder_parts: str | None = None  # --decoder-parts, comma-separated (None: the benchmark's --decoder-parts)
 
     @property
     def peer(self) -> bool:
@@ -85,12 +87,15 @@ class Arm:
         text += " iterative" if self.schedule == "iterative" else ""
         text += f" pick={self.pick}" if self.sparse else ""
         text += f" bn={self.bn_images}" if self.bn_images is not None else ""
-        return text + (f" sens={self.sensitivity}" if self.sensitivity is not None else "")
+        text += f" sens={self.sensitivity}" if self.sensitivity is not None else ""
+        text += f" steps={self.sensitivity_steps}" if self.sensitivity_steps is not None else ""
+        return text + (f" dec={self.decoder_parts.replace(',', '+')}" if self.decoder_parts is not None else "")
 
     @property
     def recipe_options(self) -> dict:
         """The recipe options this arm sets beyond the method, target, distillation, schedule and pick."""
-        return {k: getattr(self, k) for k in ("bn_images", "sensitivity") if getattr(self, k) is not None}
+        keys = ("bn_images", "sensitivity", "sensitivity_steps", "decoder_parts")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def at(self, target: float) -> "Arm":
         return dataclasses.replace(self, target=target)
@@ -106,16 +111,18 @@ class Arm:
             if w == "iterative":
                 arm = dataclasses.replace(arm, schedule="iterative")
             elif key in _WORDS and value:
-                arm = dataclasses.replace(arm, **{_WORDS[key]: value if key == "pick" else int(value)})
+                value = value.replace("+", ",") if key == "dec" else value if key == "pick" else int(value)
+                arm = dataclasses.replace(arm, **{_WORDS[key]: value})
             else:
                 raise SystemExit(f"--arms: cannot read '{w}' in '{label}' (words: iterative, pick=best|last|prunable, "
-                                 "bn=N, sens=N)")
+                                 "bn=N, sens=N, steps=K, dec=PART+PART|none)")
         if arm.label != label.strip() and not arm.peer:
             raise SystemExit(f"--arms: '{label}' reads as '{arm.label}'; give it that way")
         return arm
 
 
-_WORDS = {"pick": "pick", "bn": "bn_images", "sens": "sensitivity"}  # label words -> Arm fields
+_WORDS = {"pick": "pick", "bn": "bn_images", "sens": "sensitivity", "steps": "sensitivity_steps",
+          "dec": "decoder_parts"}  # label words -> Arm fields
 
 
 # Candidates for the default, all run at 2x (phase 1). Chosen to answer the issue's questions, not every combination:
@@ -155,10 +162,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                       ("test", int), ("base_epochs", int), ("epochs", int), ("sparse_epochs", int), ("seeds", int),
                       ("rounds", int), ("targets", str), ("device", str)]:
         p.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None)
-    p.add_argument("--decoder-parts", default="none", help="our runs' --decoder-parts (default none: the region the "
-                   "peers prune, and the decoder inputs distillation compares keep their width)")
+    p.add_argument("--decoder-parts", default=Recipe.__dataclass_fields__["decoder_parts"].default,
+                   help="our runs' --decoder-parts where an arm sets none (default: the recipe's, auto; none prunes "
+                   "the region the peers prune)")
     p.add_argument("--arms", default=None, help="run these recipes as the candidates at 2x instead of the profile's, "
-                   "comma-separated labels (e.g. 'lamp+kd,l1 bn=0': method[+kd] [iterative] [pick=P] [bn=N] [sens=N])")
+                   "comma-separated labels (e.g. 'lamp+kd,l1 bn=0': method[+kd] [iterative] [pick=P] [bn=N] [sens=N] "
+                   "[steps=K] [dec=value+ffn])")
     p.add_argument("--no-twin", action="store_true", help="phase 2 without the winner's distillation twin")
     p.add_argument("--peers", default="tp_magnitude,fastnas", help="peers to run at 2x ('' for none)")
     p.add_argument("--calibrate", action="store_true", help="also train the half-width proxy from scratch")
@@ -257,18 +266,37 @@ class Cell:
 
     def run(self, arm: Arm, finetune_like: Arm | None = None) -> dict:
         done = self.work / "rows" / f"{_name(arm)}.json"
+        options = self._options(arm)
         if done.is_file():
             row = json.loads(done.read_text())
+            if row.get("options", options) != options:  # rows from before "options" was recorded are trusted
+                print(f"{arm.label} @{arm.target:g}x: the cached row was run with other options "
+                      f"({row['options']}); running it again", flush=True)
+                return self._fresh(arm, finetune_like, done, options)
             if arm.sparse and row.get("sparse_dir"):
                 self.sparse.setdefault((arm.method, arm.distill), Path(row["sparse_dir"]))
             return row
+        return self._fresh(arm, finetune_like, done, options)
+
+    def _options(self, arm: Arm) -> dict:
+        """What a row depends on besides its cell: the recipe options our runs set (a peer: its finetune's epochs)."""
+        a = self.args
+        base = {"epochs": a.epochs, "imgsz": a.imgsz, "batch": a.batch, "round_to": a.round_to}
+        if arm.peer:
+            return base
+        keys = ("sensitivity", "sensitivity_steps", "bn_images")  # recipe defaults an arm can leave unset
+        defaults = {f.name: f.default for f in dataclasses.fields(Recipe) if f.name in keys}
+        return {**base, **defaults, "decoder_parts": a.decoder_parts, "sparse_epochs": a.sparse_epochs,
+                "rounds": a.rounds, **arm.recipe_options}
+
+    def _fresh(self, arm: Arm, finetune_like: Arm | None, done: Path, options: dict) -> dict:
         t0 = time.perf_counter()
         if arm.peer:
             result = self._peer(arm, finetune_like)
         else:
             result = self._ours(arm)
         row = {"dataset": self.kind, "seed": self.seed, "arm": arm.label, "kind": "peer" if arm.peer else "ours",
-               "target": arm.target, **result, "seconds": time.perf_counter() - t0}
+               "target": arm.target, **result, "options": options, "seconds": time.perf_counter() - t0}
         control = self.control["map50_95"]  # 0 only in smoke runs whose baseline learned nothing
         row["retention"] = row["finetuned_map50_95"] / control if control > 0 else float("nan")
         _write(done, row)
@@ -276,7 +304,7 @@ class Cell:
 
     def _ours(self, arm: Arm) -> dict:
         a, name = self.args, _name(arm)
-        extra = {"decoder_parts": a.decoder_parts} if "decoder_parts" in Recipe.keys() else {}
+        extra = {"decoder_parts": a.decoder_parts} if arm.decoder_parts is None else {}
         done = self.sparse.get((arm.method, arm.distill))
         if arm.sparse and arm.pick != "prunable" and done is not None:  # best and last: the same training's epochs
             extra["sparse_model"] = str(done / "weights" / f"{arm.pick}.pt")

@@ -17,7 +17,7 @@ from rtdetr_prune.models.ultralytics.decoder import keep_layers
 from rtdetr_prune.models.ultralytics.safe import load_safe, save_safe
 from rtdetr_prune.models.ultralytics.zoo import ZOO
 from rtdetr_prune.pruning.analysis.check import check_model
-from rtdetr_prune.pruning.analysis.parts import part_keys, restrict
+from rtdetr_prune.pruning.analysis.parts import part_keys, resolve_parts, restrict
 from rtdetr_prune.pruning.analysis.prunable import analyse
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
 from rtdetr_prune.pruning.graph import trace
@@ -118,13 +118,26 @@ def test_parts_turn_off_and_check_reports_them(tiny, plan):
         assert p["speed_up_toggled"] > none["max_speed_up"], part
 
 
-def test_the_decoder_is_kept_whole_by_default():  # until the accuracy benchmark says what its parts cost
-    assert Recipe().decoder_parts == PruneOptions().decoder_parts == "none"
+def test_every_decoder_part_is_on_by_default():  # chosen by the accuracy benchmark (docs/benchmarks.md, 3f)
+    assert Recipe().decoder_parts == PruneOptions().decoder_parts == "auto"
+
+
+def test_auto_is_every_part_the_family_prunes(tiny, plan):
+    assert resolve_parts(tiny, "auto") == ",".join(DECODER_PARTS)
+    assert resolve_parts(tiny, "auto", distill_features=True) == "value,ffn,mlp", "distillation compares memory"
+    assert resolve_parts(tiny, "ffn") == "ffn" and resolve_parts(tiny, "none") == "none"
+    auto = check_model(tiny, IMGSZ, 8, plan=plan, decoder_parts="auto")
+    assert auto == check_model(tiny, IMGSZ, 8, plan=plan, decoder_parts=",".join(DECODER_PARTS))
+    assert Recipe(decoder_parts="auto", distill=True).validate(), "auto leaves memory out when distilling"
+    with pytest.raises(ValueError, match="resolve"):
+        restrict(plan, "auto")  # an unresolved auto must not read as "no part"
 
 
 def test_bad_decoder_parts_are_user_errors():
     with pytest.raises(UserError, match="Did you mean 'ffn'"):
         Recipe(decoder_parts="memory,fnn").validate()
+    with pytest.raises(UserError, match="or auto"):
+        Recipe(decoder_parts="auto,ffn").validate()
     with pytest.raises(UserError, match="decoder-layers"):
         PruneOptions(decoder_layers=-1)
     assert Recipe(decoder_parts="none").validate()

@@ -171,6 +171,13 @@ def test_decoder_options_are_refused_not_ignored(hf_tiny, option):
         prune_to_target(hf_tiny, get_method("l1"), PruneOptions(speed_up=1.2, imgsz=IMGSZ, **option))
 
 
+def test_auto_decoder_parts_keep_this_familys_decoder_whole(hf_tiny):
+    from rtdetr_prune.pruning.analysis.parts import resolve_parts
+
+    assert resolve_parts(hf_tiny, "auto") == "none"
+    assert check_model(hf_tiny, imgsz=IMGSZ, decoder_parts="auto")["protected"][0]["layer"] == "model.decoder"
+
+
 def test_the_trial_refuses_heads_cut_across(hf_tiny, monkeypatch):
     """Were channels removed singly, the rest would be regrouped into other heads: the zeroed-channel trial
     must catch it (it runs the model with the channels removed), so whole heads are not a mere convention."""

@@ -41,6 +41,7 @@ from rtdetr_prune.measure.stage import stage_metrics, torch_device
 from rtdetr_prune.models import adapter_of, family_of, load_model
 from rtdetr_prune.pruning import rules
 from rtdetr_prune.pruning.analysis import analyse
+from rtdetr_prune.pruning.analysis.parts import resolve_parts
 from rtdetr_prune.pruning.engine import PruneOptions, prune_to_target
 from rtdetr_prune.pruning.latency_aware import LayerCosts
 from rtdetr_prune.pruning.latency_target import prune_to_latency
@@ -64,6 +65,10 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     data = load_data(recipe.data)
     model = load_model(recipe.model, nc=len(data["names"]))
     require_same_classes(model, data, recipe.data)
+    # --decoder-parts auto -> the parts this model's family prunes (recipe.yaml records them)
+    recipe = dataclasses.replace(recipe, decoder_parts=resolve_parts(model, recipe.decoder_parts,
+                                                                     recipe.distill and recipe.distill_feat > 0))
+    options = PruneOptions.from_recipe(recipe)
     rules.apply_rewrites(model)
     plan = analyse(model, recipe.round_to)
     if method.needs_sparse_training and recipe.sparse_model:
@@ -216,7 +221,7 @@ def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Pa
         write_csv(where / "history.csv", rows)
 
     latency, costs = None, None
-    sensitivity = _sensitivity(recipe, data)
+    sensitivity = _sensitivity(recipe, data, where / "sensitivity.json")
     if recipe.latency_aware:  # the per-layer time table, measured once on the run's device and runtime
         costs = LayerCosts.measure(model, recipe.latency_batch, recipe.imgsz, recipe.backend,
                                    torch_device(recipe.device))
@@ -251,12 +256,13 @@ def _prune(model, plan, method, options, recipe: Recipe, data: dict, run_dir: Pa
     return stage
 
 
-def _sensitivity(recipe: Recipe, data: dict) -> Sensitivity | None:
-    """--sensitivity N: a profile measured with the detection loss on N evenly spaced training images."""
+def _sensitivity(recipe: Recipe, data: dict, record: Path) -> Sensitivity | None:
+    """--sensitivity N: a profile measured with the detection loss on N evenly spaced training images, its curves
+    kept in ``record`` (a run stopped midway resumes the profile where it stopped)."""
     if recipe.sensitivity == 0:
         return None
     batches = list(data_batches(data, recipe.imgsz, recipe.batch, workers=0, spread=recipe.sensitivity)())
-    return Sensitivity(loss_damage(batches, torch_device(recipe.device)))
+    return Sensitivity(loss_damage(batches, torch_device(recipe.device)), record)
 
 
 def _recalibrate(model, recipe: Recipe, data: dict) -> int:

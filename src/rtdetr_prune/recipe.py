@@ -35,6 +35,7 @@ REG_SCHEDULES = ("constant", "linear", "step")
 SCHEDULES = ("oneshot", "iterative")
 SPARSE_PICKS = ("best", "last", "prunable")
 DECODER_PARTS = ("memory", "value", "ffn", "mlp")  # the decoder widths --decoder-parts can turn on (docs/benchmarks.md)
+AUTO = "auto"  # --decoder-parts: every part the model's family can prune (memory left out when distilling features)
 TARGETS = ("gflops", "latency")
 BACKENDS = ("torch", "onnxruntime")
 
@@ -82,16 +83,23 @@ def _not_empty(v) -> str | None:
 
 
 def decoder_parts(v: str) -> tuple[str, ...]:
-    """The parts a --decoder-parts value names ("memory,ffn" -> ("memory", "ffn"); "none" or "" -> ())."""
+    """The parts a --decoder-parts value names ("memory,ffn" -> ("memory", "ffn"); "none" or "" -> ()). "auto"
+    names no fixed parts: resolve it for a model first
+    (:func:`~rtdetr_prune.pruning.analysis.parts.resolve_parts`)."""
     names = [p.strip() for p in v.split(",") if p.strip()]
+    if AUTO in names:
+        raise ValueError(f"--decoder-parts {v}: '{AUTO}' depends on the model; resolve it with resolve_parts first")
     return () if names == ["none"] else tuple(dict.fromkeys(names))
 
 
 def _decoder_parts(v) -> str | None:
-    bad = [p for p in decoder_parts(v) if p not in DECODER_PARTS]
+    if v.strip() == AUTO:
+        return None
+    names = [p.strip() for p in v.split(",") if p.strip()]
+    bad = [p for p in names if p not in DECODER_PARTS and names != ["none"]]
     if bad:
         return (f"names an unknown part '{bad[0]}'.{suggest(bad[0], DECODER_PARTS)} Give a comma-separated list of "
-                f"{', '.join(DECODER_PARTS)}, or none")
+                f"{', '.join(DECODER_PARTS)}, or none, or {AUTO}")
     return None
 
 
@@ -124,13 +132,17 @@ class Recipe:
                             _at_least(1, "; e.g. 16, or 8 for narrow models"))
     max_layer_ratio: float = _option(0.8, "largest share (0-1) of one group's channels pruning may remove; keeps "
                                      "every path alive. Raise it to reach deeper cuts", _between(0, 1))
-    decoder_parts: str = _option("none", "decoder widths to prune besides the backbone and encoder, comma-separated: "
+    decoder_parts: str = _option(AUTO, "decoder widths to prune besides the backbone and encoder, comma-separated: "
                                  "memory (the decoder's input width), value (deformable attention's value width, "
                                  "equal per head), ffn (feed-forward hidden width), mlp (box and position heads' "
-                                 "hidden widths); none keeps the decoder whole. memory and value run over every "
-                                 "anchor (8,400 at 640 px) and hold most of the decoder's GFLOPs; ffn and mlp run "
-                                 "over the queries. Off by default until the accuracy benchmark shows what they cost "
-                                 "(check shows what each would add)", _decoder_parts)
+                                 "hidden widths); none keeps the decoder whole; auto: every part the model's family "
+                                 "prunes (Ultralytics: all four, less memory with --distill; transformers: none). "
+                                 "memory and value run over every anchor (8,400 at 640 px) and hold most of the "
+                                 "decoder's GFLOPs; ffn and mlp run over the queries. With --sensitivity the profile "
+                                 "decides how much each loses; on the accuracy benchmark all four kept 95.9% of the "
+                                 "control's mAP50-95 at 2x against 94.2% for none (every seed; 98.2% against 98.7% "
+                                 "at 1.5x), and they let deep latency targets go further (docs/benchmarks.md, 2c, 3f)",
+                                 _decoder_parts)
     decoder_layers: int = _option(0, "keep only the first K decoder layers (as RT-DETR's eval_idx does at inference) "
                                   "before pruning channels; 0 keeps all", _from_to(0, 100))
     target: str = _option("gflops", "what --speed-up counts: gflops (base / pruned GFLOPs, planned exactly) or "
@@ -154,6 +166,12 @@ class Recipe:
                                "images per group, once per run (rtdetr-r18: 58 groups, 174 trials; the 160 px proxy's "
                                "34 groups took 2 minutes on 2 CPU cores). 0: every group loses the same share (or "
                                "--global-pruning's ranking)", _from_to(0, 1_000_000))
+    sensitivity_steps: int = _option(1, "with --sensitivity: reach the target in this many profiled steps, step k "
+                                     "pruning to speed-up target^(k/K) with widths from a profile measured on the "
+                                     "model as step k finds it (removing channels together costs more than the sum "
+                                     "of removing each alone; re-measuring on the partly pruned model sees it). "
+                                     "Costs K profiles, each on a smaller model. 2 kept 3.3 points less than 1 at 2x "
+                                     "on the accuracy benchmark (docs/benchmarks.md, 3f)", _from_to(1, 20))
     bn_images: int = _option(256, "training images (evenly spaced over the split) to re-estimate BatchNorm "
                              "statistics on right after pruning, before finetuning: removed channels shift every "
                              "later layer's activations, and stale statistics cost most of the pruned model's mAP "
@@ -228,7 +246,8 @@ class Recipe:
         if self.target == "latency" and self.schedule != "oneshot":
             raise UserError("--target latency works with --schedule oneshot (each round of an iterative schedule "
                             "would need its own timing); use --schedule oneshot, or --target gflops.")
-        if self.distill and self.distill_feat > 0 and "memory" in decoder_parts(self.decoder_parts):
+        if (self.distill and self.distill_feat > 0 and self.decoder_parts.strip() != AUTO
+                and "memory" in decoder_parts(self.decoder_parts)):
             raise UserError("--distill compares the decoder's input features, whose width --decoder-parts memory "
                             "prunes: drop memory from --decoder-parts, or set --distill-feat 0 (output terms only).")
         ranking = [flag for flag, on in (("--global-pruning", self.global_pruning),

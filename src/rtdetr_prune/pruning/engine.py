@@ -28,7 +28,7 @@ from rtdetr_prune.measure import counts as metrics
 from rtdetr_prune.models import family_of
 from rtdetr_prune.progress import progress
 from rtdetr_prune.pruning import rules
-from rtdetr_prune.pruning.analysis.parts import require_support, restrict
+from rtdetr_prune.pruning.analysis.parts import require_support, resolve_parts, restrict
 from rtdetr_prune.pruning.analysis.prunable import Plan, Skip, analyse
 from rtdetr_prune.pruning.graph import TracedGraph, trace
 from rtdetr_prune.pruning.latency_aware import LayerCosts
@@ -56,6 +56,7 @@ class PruneOptions:
     decoder_parts: str = default("decoder_parts")  # decoder widths pruned besides the encoder ("none": encoder only)
     decoder_layers: int = default("decoder_layers")  # keep only the first K decoder layers first (0: all)
     latency_aware: bool = default("latency_aware")  # rank units by importance per measured ms saved (needs `costs`)
+    sensitivity_steps: int = default("sensitivity_steps")  # profiled steps to the target (with `sensitivity`)
 
     def __post_init__(self):
         validate(self)
@@ -109,19 +110,21 @@ def prune_to_target(
             from those widths, not from ``model``'s. Default: ``model``'s own widths.
         costs: the per-layer time table ``options.latency_aware`` ranks by (measured on ``model``'s device and
             runtime, :meth:`~rtdetr_prune.pruning.latency_aware.LayerCosts.measure`).
-        sensitivity: choose the first step's units by measured sensitivity, the whole way to the target
-            (:class:`~rtdetr_prune.pruning.sensitivity.Sensitivity`), instead of a share of each group; later
-            steps, if any are needed, are the usual ones.
+        sensitivity: choose the first ``options.sensitivity_steps`` (K) steps' units by measured sensitivity
+            (:class:`~rtdetr_prune.pruning.sensitivity.Sensitivity`), instead of a share of each group: step k
+            goes to base GFLOPs / speed_up^(k/K), the last of them the whole way to the target; later steps, if
+            any are needed to land in the window, are the usual ones.
     """
     if method.needs_gradients and batches is None:
         raise ValueError(f"method '{method.name}' scores channels with gradients: pass `batches` of data")
     if options.latency_aware and costs is None:
         raise ValueError("latency_aware ranking needs `costs`: a LayerCosts table measured on the device")
-    require_support(model, options.decoder_parts, options.decoder_layers)
+    parts = resolve_parts(model, options.decoder_parts)
+    require_support(model, parts, options.decoder_layers)
     unit = max(1, options.round_to)
     model = copy.deepcopy(model).eval().requires_grad_(True)  # finished Ultralytics checkpoints come frozen
     rules.apply_rewrites(model)  # users' output-preserving rewrites (no-op if none registered)
-    plan = restrict(plan or analyse(model, unit), options.decoder_parts)
+    plan = restrict(plan or analyse(model, unit), parts)
     params, base = metrics.params_and_gflops(model, options.imgsz)
     history = [_row(0, params, base, base)]
     if on_step:
@@ -140,9 +143,10 @@ def prune_to_target(
             torch.manual_seed(options.seed + step)
             units, pool, level = _step_units(graph, plan.prunable, method, options, orig, unit, batches, model,
                                              level + 1, costs if options.latency_aware else None)
-        if sensitivity is not None and step == 1:  # the whole way, by measured damage per GFLOP
+        if sensitivity is not None and step <= options.sensitivity_steps:  # by measured damage per GFLOP
+            goal = base / options.speed_up ** (step / options.sensitivity_steps)  # the whole way in K steps
             units = sensitivity.choose(model, _by_group(pool), lambda m, us: _apply(m, plan, us),
-                                       FlopPlanner(graph, model, options.imgsz, flops), base / options.speed_up)
+                                       FlopPlanner(graph, model, options.imgsz, flops), goal)
         if not units:
             message = (f"stopped at {speed:.3f}x: every prunable group is at its limit "
                        f"(max_layer_ratio={options.max_layer_ratio}, round_to={unit})")

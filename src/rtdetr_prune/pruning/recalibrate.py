@@ -15,6 +15,7 @@ frozen BatchNorm copies such as transformers' ``RTDetrFrozenBatchNorm2d``) are l
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -51,37 +52,36 @@ def recalibrate_batchnorm(model: nn.Module, forward: Callable[[torch.Tensor], ob
     layers = batchnorms(model)
     if not layers or images <= 0:
         return 0
-    modes = {m: m.training for m in model.modules()}
-    momenta = {bn: bn.momentum for bn in layers}
     saved = {bn: (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in layers}
-    home = next(model.parameters()).device
-    reached: set[nn.Module] = set()
-    hooks = [bn.register_forward_pre_hook(lambda m, _: reached.add(m)) for bn in layers]
-    seen = 0
     try:
-        model.eval().to(device)
-        for bn in layers:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over every batch forwarded
-            bn.train()
-        source = batches() if callable(batches) else batches
-        with progress(desc="BatchNorm recalibration", total=images, leave=False) as bar:
-            for b in source:
-                x = b["img"] if isinstance(b, dict) else b
-                x = x[: images - seen].to(device).float()
-                forward(x)
-                seen += len(x)
-                bar.update(len(x))
-                if seen >= images:
-                    break
-        if seen == 0:
-            raise ValueError("BatchNorm recalibration got no images: the training split yielded no batches.")
+        with _collecting(model, layers, device) as reached:
+            seen = _forward_images(forward, batches() if callable(batches) else batches, images, device)
         for bn in set(layers) - reached:  # outside what ``forward`` runs: keep the statistics it had
             _restore(bn, saved[bn])
     except BaseException:  # interrupted or failed: the statistics the model came with, not half-collected ones
         for bn, stats in saved.items():
             _restore(bn, stats)
         raise
+    return seen
+
+
+@contextlib.contextmanager
+def _collecting(model: nn.Module, layers: list[nn.modules.batchnorm._BatchNorm],
+                device: str | torch.device) -> Iterator[set[nn.Module]]:
+    """``model`` on ``device`` in eval mode but for ``layers``, reset to collect a plain average (momentum None);
+    yields the set of layers a forward reaches. Modes, momenta and the model's device are put back on exit."""
+    modes = {m: m.training for m in model.modules()}
+    momenta = {bn: bn.momentum for bn in layers}
+    home = next(model.parameters()).device
+    reached: set[nn.Module] = set()
+    hooks = [bn.register_forward_pre_hook(lambda m, _: reached.add(m)) for bn in layers]
+    try:
+        model.eval().to(device)
+        for bn in layers:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over every batch forwarded
+            bn.train()
+        yield reached
     finally:
         for h in hooks:
             h.remove()
@@ -90,6 +90,23 @@ def recalibrate_batchnorm(model: nn.Module, forward: Callable[[torch.Tensor], ob
         for m, training in modes.items():
             m.train(training)
         model.to(home)
+
+
+def _forward_images(forward: Callable[[torch.Tensor], object], source: Iterable, images: int,
+                    device: str | torch.device) -> int:
+    """Run ``forward`` on the first ``images`` images of ``source`` (batch dicts or image tensors); return how many."""
+    seen = 0
+    with progress(desc="BatchNorm recalibration", total=images, leave=False) as bar:
+        for b in source:
+            x = b["img"] if isinstance(b, dict) else b
+            x = x[: images - seen].to(device).float()
+            forward(x)
+            seen += len(x)
+            bar.update(len(x))
+            if seen >= images:
+                break
+    if seen == 0:
+        raise ValueError("BatchNorm recalibration got no images: the training split yielded no batches.")
     return seen
 
 

@@ -26,7 +26,7 @@ from rtdetr_prune.measure import counts
 from rtdetr_prune.measure.layers import conv_linear_gflops
 from rtdetr_prune.models import adapter_of
 from rtdetr_prune.pruning import rules
-from rtdetr_prune.pruning.analysis.parts import part_keys, require_support, restrict
+from rtdetr_prune.pruning.analysis.parts import part_keys, require_support, resolve_parts, restrict
 from rtdetr_prune.pruning.analysis.prunable import Plan, analyse
 from rtdetr_prune.pruning.graph import TracedGraph, trace
 from rtdetr_prune.pruning.planner import FlopPlanner
@@ -90,6 +90,7 @@ def check_model(model: nn.Module, imgsz: int = default("imgsz"), round_to: int =
     """
     validate(SimpleNamespace(imgsz=imgsz, round_to=round_to, max_layer_ratio=max_layer_ratio,
                              decoder_parts=decoder_parts, decoder_layers=decoder_layers))
+    decoder_parts = resolve_parts(model, decoder_parts)
     require_support(model, decoder_parts, decoder_layers)
     model = copy.deepcopy(model)
     rewritten = rules.apply_rewrites(model)

@@ -20,7 +20,7 @@ from torch import nn
 from rtdetr_prune.errors import UserError
 from rtdetr_prune.models import adapter_of, family_of
 from rtdetr_prune.pruning.analysis.prunable import Plan, Skip
-from rtdetr_prune.recipe import decoder_parts, validate
+from rtdetr_prune.recipe import AUTO, decoder_parts, validate
 
 OPTION_KIND = "option"  # the Skip kind of a group whose part is turned off
 
@@ -35,6 +35,16 @@ def restrict(plan: Plan, parts: str) -> Plan:
              for k in off]
     return dataclasses.replace(plan, prunable=[k for k in plan.prunable if k not in set(off)],
                                skipped=[*plan.skipped, *skips])
+
+
+def resolve_parts(model: nn.Module, parts: str, distill_features: bool = False) -> str:
+    """A --decoder-parts value with "auto" replaced by every part ``model``'s family can prune ("none" if it prunes
+    none), less ``memory`` when ``distill_features`` (feature distillation compares the decoder's inputs, whose
+    width memory prunes); any other value is returned as given."""
+    if parts.strip() != AUTO:
+        return parts
+    names = [p for p in family_of(model).decoder_parts if not (distill_features and p == "memory")]
+    return ",".join(names) or "none"
 
 
 def require_support(model: nn.Module, parts: str, layers: int) -> None:
