@@ -60,7 +60,7 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     """Run the job described by ``recipe`` (or continue the run in ``resume``); return the report."""
     run_dir, recipe = _resume(resume) if resume else (None, recipe)
     torch.manual_seed(recipe.seed)  # first: a zoo name builds a randomly initialized model
-    method, options = get_method(recipe.method), PruneOptions.from_recipe(recipe.validate())
+    method = get_method(recipe.validate().method)
     guards.require(recipe)
     data = load_data(recipe.data)
     model = load_model(recipe.model, nc=len(data["names"]))
@@ -68,7 +68,7 @@ def prune(recipe: Recipe, resume: str | Path | None = None) -> dict:
     # --decoder-parts auto -> the parts this model's family prunes (recipe.yaml records them)
     recipe = dataclasses.replace(recipe, decoder_parts=resolve_parts(model, recipe.decoder_parts,
                                                                      recipe.distill and recipe.distill_feat > 0))
-    options = PruneOptions.from_recipe(recipe)
+    options = PruneOptions.from_recipe(recipe)  # the engine's options, once the decoder parts are known
     rules.apply_rewrites(model)
     plan = analyse(model, recipe.round_to)
     if method.needs_sparse_training and recipe.sparse_model:
