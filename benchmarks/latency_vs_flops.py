@@ -15,8 +15,10 @@ region's conv/linear GFLOPs, and per operator with torch.profiler. ``--threads 1
 backend once per thread count; ``--round-to 8,16,32`` prunes every model once per channel rounding;
 ``--decoder-parts "none;memory,value,ffn,mlp"`` once per set of decoder parts (``;`` between sets, labels
 then name the set); ``--decoder-layers K`` keeps the first K decoder layers of every pruned model;
-``--rankings gflops,onnxruntime`` prunes every model once per ranking (``gflops``: the engine's default; a backend name: ``--latency-aware`` with the
-per-layer time table measured on that backend; labels then name the ranking).
+``--rankings gflops,onnxruntime`` prunes every model once per ranking (``gflops``: the engine's default; a
+backend name: ``--latency-aware`` with the per-layer time table measured on that backend; labels then name the
+ranking). With ONNX Runtime among the backends, each profiled model's node profile is also split by region and by
+operator type.
 
 Usage:
     python benchmarks/latency_vs_flops.py                                   # 640 px, batch 8, both backends
@@ -53,8 +55,7 @@ from rtdetr_prune.pruning.latency_aware import LayerCosts  # noqa: E402
 from rtdetr_prune.pruning.methods import get_method  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import (RESULTS, machine, md_machine, md_table, model_args, set_threads,  # noqa: E402
-                     write_results)
+from _common import RESULTS, machine, md_machine, md_table, model_args, set_threads, write_results  # noqa: E402
 
 GOAL = 1.10  # the issue's target: pruned/base latency at most 1.10x pruned/base GFLOPs
 
@@ -183,7 +184,8 @@ class _RegionTimer:
 
 
 def ort_region_profile(model: nn.Module, imgsz: int, batch: int, threads: int, repeats: int = 3) -> dict[str, dict]:
-    """Per region: ms of one batch in ONNX Runtime (its own per-node profile, mean of ``repeats`` runs).
+    """Per region: ms of one batch in ONNX Runtime (its own per-node profile, mean of ``repeats`` runs), and
+    under "ops" the same split by operator type (``{"Conv": ms, "GridSample": ms, ...}``).
 
     Nodes are attributed by the module path the exporter writes into their names (``.../model.N/...``);
     nodes without one (the graph's glue) go to "other".
@@ -209,13 +211,33 @@ def ort_region_profile(model: nn.Module, imgsz: int, batch: int, threads: int, r
         events = json.loads(Path(sess.end_profiling()).read_text())
     per_run = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     start = per_run[runs_before]["ts"] if len(per_run) > runs_before else 0  # skip the warm-up run's nodes
-    ms = dict.fromkeys([*dict.fromkeys(names.values()), "other"], 0.0)
+    out = {r: {"ms": 0.0, "ops": defaultdict(float)} for r in [*dict.fromkeys(names.values()), "other"]}
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
             continue
         layer = re.search(r"/model\.(\d+)/", e["name"])
-        ms[names[int(layer.group(1))] if layer else "other"] += e["dur"] / 1000 / repeats
-    return {region: {"ms": value} for region, value in ms.items()}
+        region = out[names[int(layer.group(1))] if layer else "other"]
+        region["ms"] += e["dur"] / 1000 / repeats
+        region["ops"][e.get("args", {}).get("op_name", "?")] += e["dur"] / 1000 / repeats
+    return {r: {"ms": v["ms"], "ops": dict(v["ops"])} for r, v in out.items()}
+
+
+def ort_op_rows(base: dict[str, dict], pruned: dict[str, dict], gflops_speedup: float, top: int = 12) -> list[list]:
+    """Rows of the per-operator-type table (ONNX Runtime, summed over regions), costliest in the pruned model first:
+    op type, ms/batch base and pruned, time speed-up, share of the pruned model's time, and the ms the pruned model
+    spends beyond what the GFLOPs speed-up would leave (``pruned - base / gflops_speedup``)."""
+    def by_op(prof):
+        ops = defaultdict(float)
+        for region in prof.values():
+            for op, ms in region["ops"].items():
+                ops[op] += ms
+        return ops
+
+    b, p = by_op(base), by_op(pruned)
+    total = sum(p.values())
+    order = sorted(set(b) | set(p), key=lambda op: -p.get(op, 0.0))[:top]
+    return [[op, f"{b.get(op, 0):.1f}", f"{p.get(op, 0):.1f}", _x(b.get(op, 0), p.get(op, 0)),
+             f"{p.get(op, 0) / total:.0%}", f"{p.get(op, 0) - b.get(op, 0) / gflops_speedup:+.1f}"] for op in order]
 
 
 def op_profile(model: nn.Module, imgsz: int, batch: int, top: int = 10) -> list[dict]:
@@ -270,6 +292,11 @@ def markdown(result: dict) -> str:
                                  "share pruned"],
                                 [[r, f"{b_ms[r]['ms']:.0f}", f"{p_ms[r]['ms']:.0f}", _x(b_ms[r]["ms"], p_ms[r]["ms"]),
                                   f"{b_ms[r]['ms'] / b_total:.0%}", f"{p_ms[r]['ms'] / p_total:.0%}"] for r in b_ms]))
+            speedup = prof["base"]["gflops"] / prof["pruned"]["gflops"]
+            out += ["", f"ONNX Runtime, per operator type (summed over regions), base vs {label}; the last column is "
+                    f"the time beyond what the GFLOPs speed-up ({speedup:.2f}x) would leave:", ""]
+            out.append(md_table(["op type", "ms/batch base", "ms/batch pruned", "time speed-up", "share pruned",
+                                 "ms beyond GFLOPs"], ort_op_rows(b_ms, p_ms, speedup)))
         out += ["", f"Top operators by self CPU time (torch.profiler), base | {label}:", ""]
         ops = zip(prof["base"]["ops"], prof["pruned"]["ops"])
         out.append(md_table(["base op", "ms", "share", f"{label} op", "ms", "share"],
@@ -317,7 +344,8 @@ def main(argv=None) -> dict:
     for label in filter(None, (x.strip() for x in args.profile.split(","))):
         result["profiles"][label] = {
             name: {"regions": (reg := region_profile(m, args.imgsz, args.batch)),
-                   "ms": sum(r["ms"] for r in reg.values()), "ops": op_profile(m, args.imgsz, args.batch)}
+                   "ms": sum(r["ms"] for r in reg.values()), "gflops": sum(r["gflops"] for r in reg.values()),
+                   "ops": op_profile(m, args.imgsz, args.batch)}
             for name, m in (("base", models["base"]), ("pruned", models[label]))}
         if "onnxruntime" in args.backends:
             threads = set_threads(None)

@@ -108,3 +108,17 @@ def test_onnxruntime_region_profile_attributes_nodes_to_regions():
     assert set(prof) == {"backbone", "AIFI", "encoder (CCFF)", "decoder", "other"}
     assert all(prof[r]["ms"] > 0 for r in ("backbone", "AIFI", "encoder (CCFF)", "decoder"))
     assert prof["other"]["ms"] < sum(v["ms"] for v in prof.values()) / 2  # most nodes carry a layer's name
+    for region in prof.values():  # the per-operator split adds up to the region's time
+        assert abs(sum(region["ops"].values()) - region["ms"]) < 1e-6 * max(1.0, region["ms"])
+    assert prof["backbone"]["ops"]["Conv"] > 0 and "GridSample" in prof["decoder"]["ops"]
+
+
+def test_onnxruntime_op_rows_charge_time_beyond_the_gflops_cut():
+    from latency_vs_flops import ort_op_rows
+
+    base = {"backbone": {"ms": 30.0, "ops": {"Conv": 20.0, "Relu": 10.0}}}
+    pruned = {"backbone": {"ms": 18.0, "ops": {"Conv": 10.0, "Relu": 8.0}}}
+    rows = ort_op_rows(base, pruned, gflops_speedup=2.0)
+    assert [r[0] for r in rows] == ["Conv", "Relu"]  # costliest in the pruned model first
+    assert rows[0][3] == "2.00x" and rows[0][5] == "+0.0"  # Conv shrank with the GFLOPs
+    assert rows[1][5] == "+3.0"  # Relu: 8 ms where a 2x cut would leave 5
