@@ -142,8 +142,9 @@ FULL_CANDIDATES = QUICK_CANDIDATES + [
 ]
 PROFILES = {
     "quick": {"model": "rtdetr-proxy", "imgsz": 160, "batch": 16, "round_to": 8, "train": 160, "select": 32,
-              "test": 240, "base_epochs": 60, "epochs": 15, "sparse_epochs": 5, "seeds": 3, "rounds": 3,
-              "baseline_per_seed": False, "targets": "1.5,2,3", "device": "cpu", "candidates": QUICK_CANDIDATES},
+              "test": 240, "base_epochs": "shapes=60,clutter=120", "epochs": 15, "sparse_epochs": 5, "seeds": 3,
+              "rounds": 3, "baseline_per_seed": False, "targets": "1.5,2,3", "device": "cpu",
+              "candidates": QUICK_CANDIDATES},
     "full": {"model": "rtdetr-r18", "imgsz": 320, "batch": 16, "round_to": 16, "train": 2000, "select": 200,
              "test": 1000, "base_epochs": 120, "epochs": 60, "sparse_epochs": 20, "seeds": 3, "rounds": 3,
              "baseline_per_seed": True, "targets": "1.5,2,3", "device": "", "candidates": FULL_CANDIDATES},
@@ -159,7 +160,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--model", default=None, help="zoo name or YAML of the proxy model")
     for key, kind in [("imgsz", int), ("batch", int), ("round_to", int), ("train", int), ("select", int),
-                      ("test", int), ("base_epochs", int), ("epochs", int), ("sparse_epochs", int), ("seeds", int),
+                      ("test", int), ("base_epochs", str), ("epochs", int), ("sparse_epochs", int), ("seeds", int),
                       ("rounds", int), ("targets", str), ("device", str)]:
         p.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None)
     p.add_argument("--decoder-parts", default=Recipe.__dataclass_fields__["decoder_parts"].default,
@@ -181,10 +182,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     args.targets = [float(t) for t in str(args.targets).split(",")]
+    args.base_epochs = {**parse_base_epochs(str(PROFILES[args.profile]["base_epochs"])),
+                        **parse_base_epochs(str(args.base_epochs))}
     args.peers = [x.strip() for x in args.peers.split(",") if x.strip()]
     if args.arms:  # any recipe, not only the profile's candidates
         args.candidates = [Arm.parse(a.strip()) for a in args.arms.split(",") if a.strip()]
     return args
+
+
+def parse_base_epochs(text: str) -> dict[str, int]:
+    """--base-epochs: one count for every dataset ("60"), or per dataset ("shapes=60,clutter=120"; a dataset left
+    out keeps the profile's count).
+
+    The quick profile trains the clutter set's baseline twice as long: with 60 epochs it stopped at mAP50-95
+    0.05-0.06, too weak a model to measure what pruning takes from it (docs/benchmarks.md, 3g).
+    """
+    if "=" not in text:
+        return dict.fromkeys(DATASETS, int(text))
+    counts = {k.strip(): v for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
+    if not set(counts) <= set(DATASETS):
+        raise SystemExit(f"--base-epochs {text!r}: give one count, or counts per dataset ({', '.join(DATASETS)}), "
+                         "e.g. shapes=60,clutter=120")
+    return {k: int(v) for k, v in counts.items()}
 
 
 # --- data and baselines ----------------------------------------------------------------------------------------
@@ -213,8 +232,9 @@ def make_data(kind: str, folder: Path, args, seed: int) -> tuple[str, str]:
     return paths["data"], paths["test"]
 
 
-def train_from_scratch(model: str, data: str, args, work: Path, name: str, seed: int) -> tuple[Path, float]:
-    """A model trained from scratch for --base-epochs (reused when this exact run finished before); (checkpoint
+def train_from_scratch(model: str, data: str, args, work: Path, name: str, seed: int,
+                       epochs: int) -> tuple[Path, float]:
+    """A model trained from scratch for ``epochs`` (reused when this exact run finished before); (checkpoint
     in our format, minutes it took)."""
     from rtdetr_prune.models.ultralytics.trainer import train_baseline
 
@@ -223,11 +243,11 @@ def train_from_scratch(model: str, data: str, args, work: Path, name: str, seed:
         return out, json.loads(record.read_text())["minutes"]
     t0 = time.perf_counter()
     shutil.rmtree(work / name, ignore_errors=True)
-    trainer = train_baseline(model, data, args.base_epochs, args.imgsz, args.batch, args.device, 0, work, name,
+    trainer = train_baseline(model, data, epochs, args.imgsz, args.batch, args.device, 0, work, name,
                              seed, exist_ok=True)
     save_checkpoint(load_model(trainer.best), out, train_args={"data": data, "imgsz": args.imgsz})
     minutes = (time.perf_counter() - t0) / 60
-    record.write_text(json.dumps({"minutes": minutes, "model": model, "epochs": args.base_epochs, "seed": seed}))
+    record.write_text(json.dumps({"minutes": minutes, "model": model, "epochs": epochs, "seed": seed}))
     return out, minutes
 
 
@@ -400,9 +420,10 @@ def main(argv=None) -> dict:
             if not (folder / "test.yaml").is_file():
                 make_data(kind, folder, args, data_seed)
             data, test = str(folder / "data.yaml"), str(folder / "test.yaml")
-            key = f"{kind}-{args.model}-{args.imgsz}px-{args.base_epochs}ep-seed{data_seed}"
+            key = f"{kind}-{args.model}-{args.imgsz}px-{args.base_epochs[kind]}ep-seed{data_seed}"
             if key not in baselines:
-                path, minutes = train_from_scratch(args.model, data, args, work / "baselines", key, data_seed)
+                path, minutes = train_from_scratch(args.model, data, args, work / "baselines", key, data_seed,
+                                                   args.base_epochs[kind])
                 baselines[key] = {"path": path, "minutes": minutes, "map50_95": test_map(path, test, args,
                                                                                           work / "baselines" / key / "val")}
                 print(f"baseline {key}: test mAP50-95 {baselines[key]['map50_95']:.3f} ({minutes:.1f} min)", flush=True)
@@ -454,8 +475,8 @@ def main(argv=None) -> dict:
 
 def calibrate(args, kind: str, data: str, test: str, work: Path, base: dict) -> dict:
     """Redundancy of the proxy: the half-width model trained from scratch the same way, against the proxy."""
-    key = f"{kind}-narrow-{args.imgsz}px-{args.base_epochs}ep-seed0"
-    path, minutes = train_from_scratch(str(NARROW), data, args, work / "baselines", key, 0)
+    key = f"{kind}-narrow-{args.imgsz}px-{args.base_epochs[kind]}ep-seed0"
+    path, minutes = train_from_scratch(str(NARROW), data, args, work / "baselines", key, 0, args.base_epochs[kind])
     narrow = test_map(path, test, args, work / "baselines" / key / "val")
     from rtdetr_prune.measure.counts import params_and_gflops
 
@@ -517,6 +538,14 @@ def headline(result: dict) -> str:
             + ", ".join(cells))
 
 
+def _epochs_text(epochs: dict[str, int], datasets: list[str]) -> str:
+    """"60", or "60 (shapes) / 120 (clutter)" where the datasets run differ."""
+    counts = {k: epochs[k] for k in datasets}
+    if len(set(counts.values())) == 1:
+        return str(next(iter(counts.values())))
+    return " / ".join(f"{n} ({k})" for k, n in counts.items())
+
+
 def markdown(result: dict, datasets: list[str]) -> str:
     s = result["settings"]
     head = ["recipe", "target", "speed-up", *[f"retention {d}" for d in datasets], "retention (both)",
@@ -532,7 +561,8 @@ def markdown(result: dict, datasets: list[str]) -> str:
         f"Load average before {', '.join(f'{x:.1f}' for x in result['loadavg_before'])}, after "
         f"{', '.join(f'{x:.1f}' for x in result['loadavg_after'])}. Total {result['minutes']:.0f} minutes.", "",
         f"Model {s['model']} at {s['imgsz']} px, batch {s['batch']}, round_to {s['round_to']}; per dataset "
-        f"{s['train']} train / {s['select']} select / {s['test']} test images; baselines {s['base_epochs']} epochs "
+        f"{s['train']} train / {s['select']} select / {s['test']} test images; baselines "
+        f"{_epochs_text(s['base_epochs'], datasets)} epochs "
         f"from scratch ({'one per seed' if s['baseline_per_seed'] else 'one per dataset, seed 0'}); every run and "
         f"the control train {s['epochs']} epochs in all (sparse methods: {s['sparse_epochs']} sparse + "
         f"{s['epochs'] - s['sparse_epochs']} finetune); iterative: {s['rounds']} rounds; seeds "

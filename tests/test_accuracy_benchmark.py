@@ -40,3 +40,14 @@ def test_a_cached_row_is_reused_only_for_the_options_it_was_run_with(tmp_path, m
     args.epochs += 1  # the same label, another finetune: the cached row no longer answers it
     assert cell.run(arm) == {"fresh": True} and fresh == [cell._options(arm)]
     assert cell._options(accuracy.Arm.parse("lamp"))["sensitivity"] == 64  # the recipe's default is part of a row
+
+
+def test_base_epochs_are_per_dataset_and_a_dataset_left_out_keeps_the_profiles_count():
+    assert accuracy.parse_args(["--quick"]).base_epochs == {"shapes": 60, "clutter": 120}
+    assert accuracy.parse_args(["--quick", "--base-epochs", "90"]).base_epochs == {"shapes": 90, "clutter": 90}
+    assert accuracy.parse_args(["--quick", "--base-epochs", "clutter=150"]).base_epochs == {"shapes": 60,
+                                                                                           "clutter": 150}
+    with pytest.raises(SystemExit, match="shapes=60,clutter=120"):
+        accuracy.parse_args(["--base-epochs", "coco=3"])
+    assert accuracy._epochs_text({"shapes": 60, "clutter": 120}, ["clutter"]) == "120"
+    assert accuracy._epochs_text({"shapes": 60, "clutter": 120}, ["shapes", "clutter"]) == "60 (shapes) / 120 (clutter)"
