@@ -122,3 +122,26 @@ def test_onnxruntime_op_rows_charge_time_beyond_the_gflops_cut():
     assert [r[0] for r in rows] == ["Conv", "Relu"]  # costliest in the pruned model first
     assert rows[0][3] == "2.00x" and rows[0][5] == "+0.0"  # Conv shrank with the GFLOPs
     assert rows[1][5] == "+3.0"  # Relu: 8 ms where a 2x cut would leave 5
+
+
+def test_ort_session_options_times_every_variant_on_the_tiny_model(tmp_path):
+    import ort_session_options
+
+    result = ort_session_options.main(["--variants", "default,no-arena", "--passes", "1", "--model", "rtdetr-tiny",
+                                       "--nc", "3", "--imgsz", "64", "--batch", "1", "--methods", "lamp",
+                                       "--targets", "1.3", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path)])
+    rows = result["rows"]
+    assert [(r["variant"], r["model"]) for r in rows] == [("default", "base"), ("default", "lamp 1.3x"),
+                                                          ("no-arena", "base"), ("no-arena", "lamp 1.3x")]
+    assert all(r["latency_ratio"] == 1.0 and r["gflops_ratio"] == 1.0 for r in rows if r["model"] == "base")
+    pruned = rows[1]
+    assert pruned["gflops_ratio"] < 1 and pruned["latency_over_gflops"] == pytest.approx(
+        pruned["latency_ratio"] / pruned["gflops_ratio"])
+    assert (tmp_path / "ort_session_options.md").is_file()
+
+
+def test_ort_session_options_refuses_an_unknown_variant():
+    import ort_session_options
+
+    with pytest.raises(SystemExit):
+        ort_session_options.parse_args(["--variants", "turbo"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -59,11 +60,13 @@ def export(view: nn.Module, x: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def session(path: Path, device: torch.device, threads: int, profile_prefix: str | None = None):
+def session(path: Path, device: torch.device, threads: int, profile_prefix: str | None = None,
+            configure: Callable | None = None):
     """An ONNX Runtime session on CPU (``threads`` intra-op threads) or on CUDA.
 
     With ``profile_prefix``, ONNX Runtime records every node's time; ``sess.end_profiling()`` writes
-    them to a JSON file whose name starts with the prefix and returns its path.
+    them to a JSON file whose name starts with the prefix and returns its path. ``configure`` gets the
+    ``SessionOptions`` last, to change what the benchmark's defaults set (spinning, memory arena).
 
     Raises:
         UserError: CUDA asked for but this onnxruntime build has no CUDAExecutionProvider.
@@ -81,6 +84,8 @@ def session(path: Path, device: torch.device, threads: int, profile_prefix: str 
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix:
         opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
+    if configure is not None:
+        configure(opts)
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise UserError("ONNX Runtime has no CUDAExecutionProvider here (it has "
