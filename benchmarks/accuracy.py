@@ -197,12 +197,15 @@ def parse_base_epochs(text: str) -> dict[str, int]:
     The quick profile trains the clutter set's baseline twice as long: with 60 epochs it stopped at mAP50-95
     0.05-0.06, too weak a model to measure what pruning takes from it (docs/benchmarks.md, 3g).
     """
+    usage = (f"--base-epochs {text!r}: give one count, or counts per dataset ({', '.join(DATASETS)}), "
+             "e.g. shapes=60,clutter=120")
     if "=" not in text:
-        return dict.fromkeys(DATASETS, int(text))
-    counts = {k.strip(): v for k, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
-    if not set(counts) <= set(DATASETS):
-        raise SystemExit(f"--base-epochs {text!r}: give one count, or counts per dataset ({', '.join(DATASETS)}), "
-                         "e.g. shapes=60,clutter=120")
+        counts = dict.fromkeys(DATASETS, text.strip())
+    else:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        counts = {k.strip(): v.strip() for k, v in pairs} if all(len(p) == 2 for p in pairs) else {}
+    if not counts or not set(counts) <= set(DATASETS) or not all(v.isdigit() and int(v) > 0 for v in counts.values()):
+        raise SystemExit(usage)
     return {k: int(v) for k, v in counts.items()}
 
 

@@ -47,7 +47,8 @@ def test_base_epochs_are_per_dataset_and_a_dataset_left_out_keeps_the_profiles_c
     assert accuracy.parse_args(["--quick", "--base-epochs", "90"]).base_epochs == {"shapes": 90, "clutter": 90}
     assert accuracy.parse_args(["--quick", "--base-epochs", "clutter=150"]).base_epochs == {"shapes": 60,
                                                                                            "clutter": 150}
-    with pytest.raises(SystemExit, match="shapes=60,clutter=120"):
-        accuracy.parse_args(["--base-epochs", "coco=3"])
+    for bad in ("coco=3", "abc", "0", "clutter=", "shapes=60,clutter"):
+        with pytest.raises(SystemExit, match="shapes=60,clutter=120"):
+            accuracy.parse_args(["--base-epochs", bad])
     assert accuracy._epochs_text({"shapes": 60, "clutter": 120}, ["clutter"]) == "120"
     assert accuracy._epochs_text({"shapes": 60, "clutter": 120}, ["shapes", "clutter"]) == "60 (shapes) / 120 (clutter)"
