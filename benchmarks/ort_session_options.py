@@ -60,8 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args, rest = p.parse_known_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if unknown or not args.variants:
+        p.error(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}")
+    if args.passes < 1:
+        p.error(f"--passes {args.passes}: give at least 1")
     args.prune = latency_vs_flops.parse_args(rest)  # model, methods, targets, batch, warmup, repeats, out, ...
     return args
 

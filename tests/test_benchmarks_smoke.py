@@ -143,5 +143,6 @@ def test_ort_session_options_times_every_variant_on_the_tiny_model(tmp_path):
 def test_ort_session_options_refuses_an_unknown_variant():
     import ort_session_options
 
-    with pytest.raises(SystemExit):
-        ort_session_options.parse_args(["--variants", "turbo"])
+    for bad in (["--variants", "turbo"], ["--variants", ","], ["--passes", "0"]):
+        with pytest.raises(SystemExit):
+            ort_session_options.parse_args(bad)
