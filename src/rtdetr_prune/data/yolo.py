@@ -99,5 +99,6 @@ def _spread(dataset, batch: int, images: int):
     from torch.utils.data import DataLoader, Subset
 
     n = len(dataset)
-    keep = sorted({int(i * n / images) for i in range(min(images, n))})
+    kept = min(images, n)  # scale by what is kept, not by what was asked: asking for more keeps every image
+    keep = sorted({int(i * n / kept) for i in range(kept)})
     return DataLoader(Subset(dataset, keep), batch_size=batch, shuffle=False, collate_fn=dataset.collate_fn)
